@@ -1,0 +1,8 @@
+"""Encoders map one input batch to embeddings (B, D). Built by name through :data:`ENCODERS`."""
+
+from siamkit.encoders.registry import ENCODERS, build_encoder
+
+# Importing the modules registers their encoders.
+from siamkit.encoders import conv, resnet, vector  # noqa: E402,F401  isort: skip
+
+__all__ = ["ENCODERS", "build_encoder"]

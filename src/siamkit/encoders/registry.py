@@ -1,0 +1,16 @@
+"""The registry of encoders by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from siamkit.registry import ComponentSpec, Registry
+
+ENCODERS: Registry[nn.Module] = Registry("encoder")
+
+
+def build_encoder(spec: ComponentSpec | dict[str, Any]) -> nn.Module:
+    """Build an encoder from ``{"name": ..., "params": {...}}``; it must expose ``embedding_dim``."""
+    return ENCODERS.build(spec)
