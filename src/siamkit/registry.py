@@ -1,4 +1,4 @@
-"""Named factories, so that components can be built from a config: ``{"name": ..., "params": ...}``."""
+"""Named factories, so components can be built from a config: ``{"name": ..., "params": ...}``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class Registry(Generic[T]):
         return sorted(self._factories)
 
     def build(self, spec: ComponentSpec | dict[str, Any], **extra: Any) -> T:
-        """Build the component described by ``spec``; ``extra`` are keyword arguments added to it."""
+        """Build the component described by ``spec``, adding the keyword arguments ``extra``."""
         spec = spec if isinstance(spec, ComponentSpec) else ComponentSpec.model_validate(spec)
         factory = self._factories.get(spec.name)
         if factory is None:
@@ -53,4 +53,6 @@ class Registry(Generic[T]):
         try:
             return factory(**spec.params, **extra)
         except TypeError as error:
-            raise ConfigError(f"{self.kind} {spec.name!r}: bad params {spec.params}: {error}") from error
+            raise ConfigError(
+                f"{self.kind} {spec.name!r}: bad params {spec.params}: {error}"
+            ) from error

@@ -124,7 +124,10 @@ class SigNet(Encoder):
         )  # fmt: skip
         n = flat_size(self.trunk, in_channels, _size(input_size))
         self.dense = nn.Sequential(
-            nn.Linear(n, c[4]), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(c[4], embedding_dim)
+            nn.Linear(n, c[4]),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(c[4], embedding_dim),
         )
         self.embedding_dim = embedding_dim
 

@@ -12,5 +12,5 @@ ENCODERS: Registry[nn.Module] = Registry("encoder")
 
 
 def build_encoder(spec: ComponentSpec | dict[str, Any]) -> nn.Module:
-    """Build an encoder from ``{"name": ..., "params": {...}}``; it must expose ``embedding_dim``."""
+    """Build an encoder from ``{"name": ..., "params": {...}}``; it exposes ``embedding_dim``."""
     return ENCODERS.build(spec)

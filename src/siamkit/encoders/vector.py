@@ -44,9 +44,7 @@ class MLPEncoder(Encoder):
     def check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.ndim < 2 or x[0].numel() != self.in_features:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise DataError(
-                f"MLPEncoder expects (batch, {self.in_features}) features, got {shape}"
-            )
+            raise DataError(f"MLPEncoder expects (batch, {self.in_features}) features, got {shape}")
         if x.shape[0] == 0:
             raise DataError("MLPEncoder got an empty batch")
 

@@ -1,0 +1,152 @@
+"""Augmentation (torchvision transforms.v2, by name) and preprocessors that turn raw inputs
+(files, PIL images, arrays) into model batches. A preprocessor is saved with the model, so
+``verify`` and the server apply exactly the steps used in training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms import v2
+
+from siamkit.errors import ConfigError, DataError
+from siamkit.registry import ComponentSpec, Registry
+
+PREPROCESSORS: Registry[Any] = Registry("preprocessor")
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def build_augmentation(specs: Sequence[ComponentSpec | dict[str, Any]] | None) -> v2.Compose | None:
+    """A ``v2.Compose`` of transforms named after torchvision's classes, e.g.
+    ``[{"name": "RandomAffine", "params": {"degrees": 10}}]``; ``None`` for no augmentation."""
+    if not specs:
+        return None
+    steps = []
+    for raw in specs:
+        spec = raw if isinstance(raw, ComponentSpec) else ComponentSpec.model_validate(raw)
+        cls = getattr(v2, spec.name, None)
+        if not isinstance(cls, type):
+            raise ConfigError(
+                f"unknown augmentation {spec.name!r}: not a torchvision.transforms.v2 class"
+            )
+        try:
+            steps.append(cls(**spec.params))
+        except TypeError as error:
+            raise ConfigError(
+                f"augmentation {spec.name!r}: bad params {spec.params}: {error}"
+            ) from error
+    return v2.Compose(steps)
+
+
+def open_image(source: str | Path | Image.Image | np.ndarray, mode: str) -> Image.Image:
+    """Open a file (or take an image/array) as a PIL image in ``mode`` ("L" or "RGB").
+
+    Transparent pixels of RGBA images are composited onto white. Raises :class:`DataError` naming
+    the file when it cannot be read as an image.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = Image.fromarray(source)
+    else:
+        path = Path(source)
+        try:
+            image = Image.open(path)
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: image of {image.width}x{image.height} pixels is larger than the "
+                    f"limit of {MAX_IMAGE_PIXELS} pixels"
+                )
+            image.load()
+        except FileNotFoundError as error:
+            raise DataError(f"{path}: no such file") from error
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"{path}: not a readable image ({error})") from error
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert(mode)
+
+
+class ImagePreprocessor:
+    """Read images as ``mode`` ("L" grey or "RGB"), resize to ``size`` (H, W), optionally invert
+    (dark ink on white -> bright on black), and return a float batch (B, C, H, W) in [0, 1]."""
+
+    def __init__(self, size: Sequence[int], mode: str = "L", invert: bool = False) -> None:
+        if mode not in ("L", "RGB"):
+            raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
+        self.size, self.mode, self.invert = (int(size[0]), int(size[1])), mode, invert
+
+    @property
+    def spec(self) -> ComponentSpec:
+        """The spec that rebuilds this preprocessor."""
+        return ComponentSpec(
+            name="image", params={"size": list(self.size), "mode": self.mode, "invert": self.invert}
+        )
+
+    def one(self, source: Any) -> Tensor:
+        """One input -> (C, H, W) float tensor."""
+        if isinstance(source, Tensor):
+            x = source.float() / 255 if not source.is_floating_point() else source
+            return v2.functional.resize(x, list(self.size), antialias=True)
+        image = open_image(source, self.mode).resize(self.size[::-1], Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+        return 1 - x if self.invert else x
+
+    def __call__(self, sources: Sequence[Any]) -> Tensor:
+        if len(sources) == 0:
+            raise DataError("no inputs to preprocess")
+        return torch.stack([self.one(s) for s in sources])
+
+
+@PREPROCESSORS.register("image")
+def _image(**params: Any) -> ImagePreprocessor:
+    return ImagePreprocessor(**params)
+
+
+class VectorPreprocessor:
+    """Inputs that are already feature vectors (arrays, lists or ``.npy`` files) -> (B, D)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @property
+    def spec(self) -> ComponentSpec:
+        """The spec that rebuilds this preprocessor."""
+        return ComponentSpec(name="vector", params={"dim": self.dim})
+
+    def one(self, source: Any) -> Tensor:
+        """One input -> (D,) float tensor, checked for size and finiteness."""
+        if isinstance(source, str | Path):
+            try:
+                source = np.load(source, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise DataError(f"{source}: not a readable .npy vector ({error})") from error
+        x = torch.as_tensor(np.asarray(source, dtype=np.float32)).flatten()
+        if x.numel() != self.dim:
+            raise DataError(f"expected a vector of {self.dim} values, got {x.numel()}")
+        if not torch.isfinite(x).all():
+            raise DataError("vector contains NaN or infinite values")
+        return x
+
+    def __call__(self, sources: Sequence[Any]) -> Tensor:
+        if len(sources) == 0:
+            raise DataError("no inputs to preprocess")
+        return torch.stack([self.one(s) for s in sources])
+
+
+@PREPROCESSORS.register("vector")
+def _vector(**params: Any) -> VectorPreprocessor:
+    return VectorPreprocessor(**params)
+
+
+def build_preprocessor(spec: ComponentSpec | dict[str, Any]) -> Any:
+    """Build a registered preprocessor from its spec."""
+    return PREPROCESSORS.build(spec)
