@@ -1,0 +1,222 @@
+"""Word-level text encoding: a tokenizer, a :class:`Vocabulary` and the Embedding+LSTM/GRU encoder.
+
+The encoder takes a list of strings and owns its tokenisation, so a model folder holds everything
+needed to embed raw text: ``config.json``, the weights and ``vocab.json`` (see :meth:`save_assets`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from siamkit.encoders.base import Encoder
+from siamkit.encoders.registry import ENCODERS
+from siamkit.errors import CheckpointError, ConfigError, DataError
+
+PAD, UNK = "<pad>", "<unk>"
+VOCAB_FILE = "vocab.json"
+TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks: ``"Isn't it?"`` -> ``["isn", "'", "t", "it", "?"]``."""
+    if not isinstance(text, str):
+        raise DataError(f"tokenize expects a string, got {type(text).__name__}")
+    return TOKEN_PATTERN.findall(text.lower())
+
+
+class Vocabulary:
+    """A word -> index map built from training text; index 0 is ``<pad>`` and 1 is ``<unk>``."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        if list(words[:2]) != [PAD, UNK]:
+            raise DataError(f"a vocabulary must start with {PAD!r}, {UNK!r}; got {list(words[:2])}")
+        self.words = list(words)
+        self.index = {word: i for i, word in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise DataError("a vocabulary must not list a word twice")
+
+    @classmethod
+    def build(
+        cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
+        """Words seen at least ``min_freq`` times in ``texts``, most frequent first, at most
+        ``max_size`` entries in all (``<pad>`` and ``<unk>`` included)."""
+        counts = Counter(token for text in texts for token in tokenize(text))
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        kept = [word for word, count in ranked if count >= min_freq]
+        if max_size is not None:
+            kept = kept[: max(max_size - 2, 0)]
+        return cls([PAD, UNK, *kept])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def unk_id(self) -> int:
+        return 1
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; unknown words map to ``<unk>``."""
+        return [self.index.get(token, self.unk_id) for token in tokenize(text)]
+
+    def save(self, path: Path) -> None:
+        """Write the word list as JSON."""
+        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False), "utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        """Read a vocabulary written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: vocabulary file not found")
+        try:
+            words = json.loads(path.read_text("utf-8"))["words"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{path}: expected JSON {{'words': [...]}}: {error}") from error
+        return cls(words)
+
+
+def pad_batch(
+    sequences: Sequence[list[int]], max_length: int, pad_id: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Pad id sequences into ``(B, T)`` and return their lengths (>= 1: an empty text becomes one
+    ``<pad>``). Sequences longer than ``max_length`` are truncated with a warning."""
+    too_long = sum(len(seq) > max_length for seq in sequences)
+    if too_long:
+        warnings.warn(
+            f"{too_long} text(s) longer than max_length={max_length} tokens were truncated",
+            stacklevel=3,
+        )
+    lengths = torch.tensor([min(max(len(seq), 1), max_length) for seq in sequences])
+    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        seq = seq[:max_length]
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids, lengths
+
+
+class RecurrentTextEncoder(Encoder):
+    """Embedding -> LSTM/GRU over packed sequences -> mean or last-state pooling -> (B, D).
+
+    ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional).
+    """
+
+    input_ndim = 1
+
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        embedding_size: int = 300,
+        hidden_size: int = 300,
+        num_layers: int = 1,
+        cell: Literal["lstm", "gru"] = "lstm",
+        bidirectional: bool = False,
+        pooling: Literal["mean", "last"] = "mean",
+        dropout: float = 0.0,
+        max_length: int = 128,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__(normalize=normalize)
+        if cell not in ("lstm", "gru") or pooling not in ("mean", "last"):
+            raise ConfigError(
+                f"text encoder: expected cell lstm|gru and pooling mean|last, got {cell!r}, "
+                f"{pooling!r}"
+            )
+        self.vocabulary = vocabulary
+        self.pooling = pooling
+        self.max_length = max_length
+        self.embedding = nn.Embedding(len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id)
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(
+            embedding_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_dim = hidden_size * (2 if bidirectional else 1)
+
+    def check_input(self, x: Sequence[str]) -> None:  # noqa: D102
+        if isinstance(x, str) or not all(isinstance(text, str) for text in x):
+            raise DataError(f"{type(self).__name__} expects a list of strings")
+        if len(x) == 0:
+            raise DataError(f"{type(self).__name__} got an empty batch")
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Padded ids ``(B, T)`` and lengths ``(B,)`` of ``texts``."""
+        return pad_batch([self.vocabulary.encode(t) for t in texts], self.max_length)
+
+    def features(self, texts: Sequence[str]) -> Tensor:  # noqa: D102
+        ids, lengths = self.token_ids(texts)
+        ids = ids.to(self.embedding.weight.device)
+        packed = pack_padded_sequence(
+            self.dropout(self.embedding(ids)), lengths, batch_first=True, enforce_sorted=False
+        )
+        output, state = self.rnn(packed)
+        if self.pooling == "last":
+            hidden = state[0] if isinstance(state, tuple) else state
+            directions = 2 if self.rnn.bidirectional else 1
+            return torch.cat(list(hidden[-directions:]), dim=1)
+        padded, _ = pad_packed_sequence(output, batch_first=True)
+        mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded)
+        return (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
+
+    def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
+        """Copy pre-trained word vectors into the embedding table; return how many words matched."""
+        found = 0
+        with torch.no_grad():
+            for word, i in self.vocabulary.index.items():
+                if word in vectors:
+                    self.embedding.weight[i] = vectors[word]
+                    found += 1
+        return found
+
+    def save_assets(self, folder: Path) -> None:
+        """Write ``vocab.json`` into the model folder."""
+        self.vocabulary.save(Path(folder) / VOCAB_FILE)
+
+
+@ENCODERS.register("text_rnn")
+def text_rnn(
+    vocabulary: Vocabulary | None = None,
+    assets_dir: Path | None = None,
+    **params: object,
+) -> RecurrentTextEncoder:
+    """Build the recurrent text encoder from a :class:`Vocabulary` or a model folder's vocab.json."""
+    if vocabulary is None:
+        if assets_dir is None:
+            raise ConfigError("text_rnn: give a vocabulary (built from training text) or assets_dir")
+        vocabulary = Vocabulary.load(Path(assets_dir) / VOCAB_FILE)
+    return RecurrentTextEncoder(vocabulary, **params)  # type: ignore[arg-type]
+
+
+def wordpiece_vectors(words: Iterable[str], model: str | Path | None = None) -> dict[str, Tensor]:
+    """Offline pre-trained vectors for ``words``: the mean of a sentence-transformer's input token
+    embeddings over each word's word pieces (default model: the bundled all-MiniLM-L6-v2)."""
+    from siamkit.encoders.transformer import load_sentence_transformer
+
+    st = load_sentence_transformer(model)
+    tokenizer = st.tokenizer
+    table = st[0].auto_model.get_input_embeddings().weight.detach()
+    vectors = {}
+    for word in words:
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if pieces and word not in (PAD, UNK):
+            vectors[word] = table[pieces].mean(0)
+    return vectors
