@@ -134,7 +134,9 @@ class MinedTripletLoss(nn.Module):
 
     ``mining``: ``"batch_hard"`` (hardest positive and negative per anchor, Hermans et al.
     2017), ``"semi_hard"`` (negatives farther than the positive but within the margin, Schroff
-    et al. 2015) or ``"all"`` (every valid triplet with a positive loss).
+    et al. 2015) or ``"all"`` (every valid triplet with a positive loss). Distances are taken
+    between L2-normalised embeddings (pytorch-metric-learning's default, as in FaceNet), and the
+    loss is averaged over the triplets whose loss is positive.
     """
 
     kind: LossKind = "labelled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from siamkit.heads import Head
@@ -29,6 +30,9 @@ class SiameseNetwork(nn.Module):
         """Embed 2 (pair) or 3 (anchor, positive, negative) batches with the same encoder."""
         if len(inputs) < 2:
             raise TypeError(f"SiameseNetwork.forward takes 2 or more batches, got {len(inputs)}")
+        if all(isinstance(x, Tensor) and x.shape == inputs[0].shape for x in inputs):
+            # One encoder call on the stacked batches: same weights, fewer, larger kernels.
+            return tuple(self.encoder(torch.cat(inputs)).chunk(len(inputs)))
         return tuple(self.encoder(x) for x in inputs)
 
     def similarity(self, a: Any, b: Any) -> Tensor:

@@ -84,5 +84,7 @@ SCORED_LOSSES = {"cosine_regression": CosineRegressionLoss, "cosent": CoSENTLoss
 def build_scored_loss(name: str, **params: float) -> ScoredPairLoss:
     """A scored-pair loss by name: ``cosine_regression`` or ``cosent``."""
     if name not in SCORED_LOSSES:
-        raise ConfigError(f"unknown scored-pair loss {name!r}; expected one of {sorted(SCORED_LOSSES)}")
+        raise ConfigError(
+            f"unknown scored-pair loss {name!r}; expected one of {sorted(SCORED_LOSSES)}"
+        )
     return SCORED_LOSSES[name](**params)

@@ -52,7 +52,9 @@ def embed_texts(encoder: nn.Module, texts: Sequence[str], batch_size: int = 64) 
 def similarity(encoder: nn.Module, a: Sequence[str], b: Sequence[str]) -> Tensor:
     """Cosine similarity of each pair ``(a[i], b[i])``, in [-1, 1] (higher = more similar)."""
     if len(a) != len(b):
-        raise DataError(f"similarity needs as many first as second texts, got {len(a)} and {len(b)}")
+        raise DataError(
+            f"similarity needs as many first as second texts, got {len(a)} and {len(b)}"
+        )
     return (embed_texts(encoder, a) * embed_texts(encoder, b)).sum(1)
 
 
@@ -95,7 +97,11 @@ def train_text_pairs(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
     result, start = TextTrainResult(), time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    )
     with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("training", total=total, loss="-")
         try:
@@ -107,7 +113,9 @@ def train_text_pairs(
                     value = training_step(encoder, loss, optimizer, a, b, targets, grad_clip)
                     schedule.step()
                     running.append(value)
-                    bar.update(task, advance=1, loss=f"{value:.4f}", description=f"epoch {epoch + 1}")
+                    bar.update(
+                        task, advance=1, loss=f"{value:.4f}", description=f"epoch {epoch + 1}"
+                    )
                 result.losses.append(float(np.mean(running)))
                 if validate is not None:
                     result.metrics.append(validate(encoder))
@@ -236,9 +244,7 @@ def best_threshold(scores: Tensor, labels: Tensor) -> float:
     return float((s[i - 1] + s[i]) / 2)
 
 
-def paraphrase_report(
-    encoder: nn.Module, train: TextPairs, test: TextPairs
-) -> dict[str, float]:
+def paraphrase_report(encoder: nn.Module, train: TextPairs, test: TextPairs) -> dict[str, float]:
     """Paraphrase detection: cosine >= threshold (chosen for accuracy on ``train``); test
     accuracy and F1 of the paraphrase class."""
     threshold = best_threshold(similarity(encoder, train.a, train.b), train.scores)

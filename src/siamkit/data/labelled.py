@@ -72,8 +72,13 @@ class LabelledData:
 
 @dataclass
 class Splits:
-    """Train, validation and test parts of a dataset; evaluation classes never seen in training."""
+    """Train, validation and test parts of a dataset; evaluation classes never seen in training.
+
+    ``preprocess`` (a preprocessor spec, optional) says how a raw input file becomes an item like
+    these, so a model trained on them can be saved with the matching preprocessing.
+    """
 
     train: LabelledData
     val: LabelledData
     test: LabelledData
+    preprocess: Any = None

@@ -84,7 +84,9 @@ def read_stsb(split: str = "train", data_dir: Path | None = None) -> TextPairs:
             continue
         fields = line.split("\t")
         if len(fields) < 7:
-            raise DataError(f"{path}:{number}: expected >= 7 tab-separated fields, got {len(fields)}")
+            raise DataError(
+                f"{path}:{number}: expected >= 7 tab-separated fields, got {len(fields)}"
+            )
         score = parse_float(fields[4], path, number, "score")
         if not 0.0 <= score <= 5.0:
             raise DataError(f"{path}:{number}: expected a score in [0, 5], got {score}")
@@ -121,7 +123,9 @@ def parse_float(text: str, path: Path, line: int, field: str) -> float:
     try:
         return float(text)
     except ValueError as error:
-        raise DataError(f"{path}:{line}: expected a number in field {field}, got {text!r}") from error
+        raise DataError(
+            f"{path}:{line}: expected a number in field {field}, got {text!r}"
+        ) from error
 
 
 def read_stsb_sources(split: str = "test", data_dir: Path | None = None) -> LabelledData:

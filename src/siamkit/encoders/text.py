@@ -28,7 +28,8 @@ TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks: ``"Isn't it?"`` -> ``["isn", "'", "t", "it", "?"]``."""
+    """Lower-cased words and punctuation marks:
+    ``"Isn't it?"`` -> ``["isn", "'", "t", "it", "?"]``."""
     if not isinstance(text, str):
         raise DataError(f"tokenize expects a string, got {type(text).__name__}")
     return TOKEN_PATTERN.findall(text.lower())
@@ -139,7 +140,9 @@ class RecurrentTextEncoder(Encoder):
         self.vocabulary = vocabulary
         self.pooling = pooling
         self.max_length = max_length
-        self.embedding = nn.Embedding(len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id)
+        self.embedding = nn.Embedding(
+            len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id
+        )
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(
             embedding_size,
@@ -198,10 +201,13 @@ def text_rnn(
     assets_dir: Path | None = None,
     **params: object,
 ) -> RecurrentTextEncoder:
-    """Build the recurrent text encoder from a :class:`Vocabulary` or a model folder's vocab.json."""
+    """Build the recurrent text encoder from a :class:`Vocabulary` or a model folder's
+    vocab.json."""
     if vocabulary is None:
         if assets_dir is None:
-            raise ConfigError("text_rnn: give a vocabulary (built from training text) or assets_dir")
+            raise ConfigError(
+                "text_rnn: give a vocabulary (built from training text) or assets_dir"
+            )
         vocabulary = Vocabulary.load(Path(assets_dir) / VOCAB_FILE)
     return RecurrentTextEncoder(vocabulary, **params)  # type: ignore[arg-type]
 

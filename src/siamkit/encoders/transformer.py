@@ -97,7 +97,8 @@ def sentence_transformer(
     normalize: bool = False,
     assets_dir: Path | None = None,
 ) -> SentenceTransformerEncoder:
-    """Build a sentence-transformer encoder; from a saved model folder when ``assets_dir`` holds one."""
+    """Build a sentence-transformer encoder; from a saved model folder when ``assets_dir``
+    holds one."""
     if assets_dir is not None and (Path(assets_dir) / ASSET_FOLDER).is_dir():
         model = str(Path(assets_dir) / ASSET_FOLDER)
     return SentenceTransformerEncoder(model, max_seq_length, normalize)

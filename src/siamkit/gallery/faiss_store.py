@@ -97,6 +97,7 @@ class FaissStore:
         self._index: faiss.IndexIDMap2 | None = None
         self._removed = np.empty(0, dtype=np.int64)
         self.dim: int | None = None
+        self._count = 0
         self.settings = dict(DEFAULTS)
         with self._transaction():
             for key, value in given.items():
@@ -105,6 +106,7 @@ class FaissStore:
         self.settings = {key: self._get(key, default) for key, default in DEFAULTS.items()}
         dim = self._get("dim", None)
         self.dim = None if dim is None else int(dim)
+        self._count = self._counted()
         self._index = self._load_index()
 
     # -- the SQLite side -------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class FaissStore:
     def _reload(self) -> None:
         dim = self._get("dim", None)
         self.dim = None if dim is None else int(dim)
+        self._count = self._counted()
         self._index = None if self.dim is None else self._rebuild()
 
     @property
@@ -139,6 +142,9 @@ class FaissStore:
         return int(self._get("generation", 0))
 
     def __len__(self) -> int:
+        return self._count
+
+    def _counted(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
 
     def _stored_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +240,7 @@ class FaissStore:
             rows = zip(ids.tolist(), (row.tobytes() for row in x), texts, strict=True)
             self._db.executemany("INSERT INTO items VALUES (?, ?, ?)", rows)
             self._set("next_id", start + len(x))
+            self._count += len(x)
             self._set("generation", self.generation + 1)
             self._update_index_after_add(x, ids)
         return ids
@@ -256,6 +263,7 @@ class FaissStore:
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
             self._set("generation", self.generation + 1)
+            self._count -= len(gone)
             if self.index_kind == "flat":
                 self._index.remove_ids(faiss.IDSelectorBatch(gone))
             else:
@@ -281,7 +289,10 @@ class FaissStore:
             # the selector objects must outlive the search call
             batch = faiss.IDSelectorBatch(self._removed)
             params = faiss.SearchParameters(sel=faiss.IDSelectorNot(batch))
-        scores, ids = self._index.search(x, min(k, n), params=params)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces ``search`` with
+        # a version without ``params``; the numpy original is kept as ``search_numpy``.
+        search = getattr(self._index, "search_numpy", self._index.search)
+        scores, ids = search(x, min(k, n), params=params)
         if k > n:
             pad = ((0, 0), (0, k - n))
             scores = np.pad(scores, pad, constant_values=-np.inf)

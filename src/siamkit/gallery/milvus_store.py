@@ -127,8 +127,7 @@ class MilvusStore:
 
     def search(self, vectors: np.ndarray, k: int) -> SearchResult:
         """The ``k`` stored vectors of highest inner product with each query row."""
-        n = len(self)
-        if n == 0:
+        if self.dim is None:
             raise GalleryError(f"gallery {self.location} is empty: enroll or index something first")
         if not 1 <= k <= MAX_K:
             raise DataError(f"search: k must be in 1..{MAX_K}, got {k}")
@@ -137,6 +136,8 @@ class MilvusStore:
         hits = self._client.search(
             self.collection, data=list(x), limit=k, search_params=params, output_fields=["id"]
         )
+        if not any(hits) and len(self) == 0:
+            raise GalleryError(f"gallery {self.location} is empty: enroll or index something first")
         scores = np.full((len(x), k), -np.inf, dtype=np.float32)
         found = np.full((len(x), k), -1, dtype=np.int64)
         for row, result in enumerate(hits):

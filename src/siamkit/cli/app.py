@@ -1,0 +1,56 @@
+"""The typer application and the ``siamkit`` entry point (errors as one line, exit code 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from siamkit.errors import SiamkitError
+
+app = typer.Typer(
+    name="siamkit",
+    help="Siamese (twin) networks: train, evaluate, verify, identify and search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """Print rows (dicts with the same keys) as a rich table; floats with 4 decimals."""
+    table = Table(title=title)
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a :class:`SiamkitError` is printed as ``error: ...`` and exits with 1."""
+    from siamkit import cli  # noqa: F401  registers every command module
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except SiamkitError as error:
+        typer.echo(f"error: {error}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except (typer.Abort, typer.Exit) as stop:
+        return getattr(stop, "exit_code", 1)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            return error.exit_code
+        raise
+    return 0
+

@@ -1,0 +1,89 @@
+"""Core commands: demo, train, eval, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from siamkit.cli.app import app, console, print_table
+from siamkit.errors import DataError
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the report, plots and model.")] = Path(
+        "runs/demo"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+) -> None:
+    """Train on digits 0-5, then test one-shot and verification on the unseen digits 6-9."""
+    from siamkit.demo import run_demo
+
+    summary = run_demo(out, epochs=epochs)
+    print_table("siamkit demo: unseen digits 6-9", summary.rows())
+    console.print(f"report: {summary.report_path}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Recipe YAML (see configs/).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
+) -> None:
+    """Train a model from a recipe; writes OUT/model, checkpoints, plots and report.json."""
+    from siamkit.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(config)
+    out = out or Path("runs") / config.stem
+    result = run_recipe(recipe, out, resume=resume, data_dir=data_dir)
+    rows = [{"metric": k, "value": v} for k, v in result.test.items()]
+    rows += [{"metric": k, "value": str(v)} for k, v in result.fewshot.items()]
+    print_table("test classes (never seen in training)", rows)
+    console.print(f"model saved to {result.model_dir}")
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder.")],
+    data: Annotated[Path, typer.Argument(help="Dataset file or folder.")],
+) -> None:
+    """Evaluate MODEL on DATA (a dataset this siamkit recognises, e.g. an image-class folder)."""
+    import siamkit
+    from siamkit.evaluation.tasks import evaluate_path
+
+    report = evaluate_path(siamkit.load(model), data)
+    print_table(report.title, report.rows)
+    for note in report.notes:
+        console.print(note)
+
+
+@app.command()
+def verify(
+    model: Annotated[Path, typer.Argument(help="Model folder.")],
+    questioned: Annotated[str, typer.Argument(help="The input to check (file or text).")],
+    other: Annotated[str | None, typer.Argument(help="Compare with this one input.")] = None,
+    references: Annotated[
+        list[str] | None, typer.Option(help="Compare with these enrolled references instead.")
+    ] = None,
+    aggregate: Annotated[str, typer.Option(help="Reference scores: mean or max.")] = "mean",
+) -> None:
+    """Score QUESTIONED against OTHER (or --references) and decide at the model's threshold."""
+    import siamkit
+    from siamkit.evaluation.reference_set import score_against_references
+
+    if (other is None) == (not references):
+        raise DataError("give exactly one of: a second input, or --references REF1 [REF2 ...]")
+    if aggregate not in ("mean", "max"):
+        raise DataError(f"--aggregate must be 'mean' or 'max', got {aggregate!r}")
+    loaded = siamkit.load(model)
+    mean, best = score_against_references(loaded, questioned, references or [other])
+    score = mean if aggregate == "mean" else best
+    threshold = loaded.config.extra.get("reference_thresholds", {}).get(aggregate)
+    threshold = loaded.threshold if threshold is None else float(threshold)
+    row = {"score": score, "threshold": threshold, "references": len(references or [other])}
+    if threshold is not None:
+        row["decision"] = "same" if score >= threshold else "different"
+    print_table("verification", [row])

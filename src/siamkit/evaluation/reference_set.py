@@ -1,0 +1,127 @@
+"""Reference-set verification, as a bank does it: enroll K genuine signatures of a writer, then
+score a questioned signature by its similarity to those K references.
+
+Two aggregates of the K head scores (higher = more similar): ``mean`` (the mean score, i.e. minus
+the mean distance for the euclidean head) and ``max`` (the best-matching reference, i.e. minus the
+minimum distance). Decisions are always ``score >= threshold``, with the threshold chosen on
+validation writers only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from siamkit.data.signatures import SignatureSet
+from siamkit.errors import DataError
+
+AGGREGATES = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class ReferenceTrials:
+    """Verification trials: each questioned image against K references of one claimed writer."""
+
+    references: np.ndarray  # (T, K) image indices: genuine signatures of the claimed writer
+    questioned: np.ndarray  # (T,) image index
+    labels: np.ndarray  # (T,) 1 = genuine, 0 = forgery
+    kinds: np.ndarray  # (T,) "genuine" | "skilled" | "random"
+    writers: np.ndarray  # (T,) the claimed writer
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def of_kind(self, negative: str) -> np.ndarray:
+        """Mask of the genuine trials and the forgeries of kind ``negative``."""
+        return (self.kinds == "genuine") | (self.kinds == negative)
+
+
+def reference_trials(
+    data: SignatureSet,
+    writers: Sequence[str],
+    k: int,
+    seed: int = 0,
+    draws: int = 1,
+    random_per_writer: int = 10,
+) -> ReferenceTrials:
+    """Trials for ``writers`` with ``k`` references each, drawn ``draws`` times (seeded).
+
+    Per writer and draw: ``k`` genuine references; the writer's other genuine signatures
+    (label 1); every skilled forgery of the writer (label 0); ``random_per_writer`` genuine
+    signatures of other writers in ``writers`` (random forgeries, label 0).
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[np.ndarray, np.ndarray, str, str]] = []
+    for writer in writers:
+        genuine = data.genuine_of(writer)
+        if len(genuine) <= k:
+            raise DataError(
+                f"writer {writer}: {k} references need at least {k + 1} genuine signatures, "
+                f"got {len(genuine)}"
+            )
+        others = np.flatnonzero(np.isin(data.writers, writers) & (data.writers != writer))
+        others = others[~data.forged[others]]
+        for _ in range(draws):
+            chosen = rng.permutation(genuine)
+            refs, rest = chosen[:k], chosen[k:]
+            n_random = min(random_per_writer, len(others))
+            random = rng.choice(others, n_random, replace=False)
+            for kind, questioned in (
+                ("genuine", rest),
+                ("skilled", data.forged_of(writer)),
+                ("random", random),
+            ):
+                rows += [(refs, q, kind, writer) for q in questioned]
+    kinds = np.array([r[2] for r in rows])
+    return ReferenceTrials(
+        references=np.stack([r[0] for r in rows]),
+        questioned=np.array([r[1] for r in rows], dtype=np.int64),
+        labels=(kinds == "genuine").astype(np.int64),
+        kinds=kinds,
+        writers=np.array([r[3] for r in rows]),
+    )
+
+
+def aggregate_scores(scores: Tensor) -> dict[str, Tensor]:
+    """(T, K) head scores -> {"mean": (T,), "max": (T,)}.
+
+    ``max`` is the score of the nearest reference (the minimum distance); with K = 1 both equal
+    the single score.
+    """
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise DataError(f"expected (trials, K >= 1) reference scores, got {tuple(scores.shape)}")
+    return {"mean": scores.mean(dim=1), "max": scores.max(dim=1).values}
+
+
+def trial_scores(head: Any, embeddings: Tensor, trials: ReferenceTrials) -> dict[str, np.ndarray]:
+    """Score every trial from precomputed ``embeddings`` (one row per image) with ``head``."""
+    t, k = trials.references.shape
+    refs = embeddings[torch.from_numpy(trials.references.reshape(-1))]
+    questioned = embeddings[torch.from_numpy(trials.questioned)].repeat_interleave(k, dim=0)
+    with torch.no_grad():
+        scores = head(questioned, refs).view(t, k)
+    return {name: s.numpy() for name, s in aggregate_scores(scores).items()}
+
+
+def score_against_references(
+    model: Any, questioned: Any, references: Sequence[Any]
+) -> tuple[float, float]:
+    """Score one questioned signature against K >= 1 references of the claimed writer.
+
+    ``model`` is a loaded :class:`siamkit.model.Model` (its saved preprocessing is applied to
+    the files). Returns ``(mean_score, max_score)``: the mean of the K head scores and the score
+    of the nearest reference (minimum distance); higher = more likely genuine.
+    """
+    if len(references) == 0:
+        raise DataError("reference-set verification needs at least one reference signature")
+    embeddings = model.embed([questioned, *references])
+    head = model.network.head
+    with torch.no_grad():
+        scores = head.pairwise(embeddings[:1], embeddings[1:])
+    aggregated = aggregate_scores(scores)
+    return float(aggregated["mean"][0]), float(aggregated["max"][0])

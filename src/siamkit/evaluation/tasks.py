@@ -1,0 +1,51 @@
+"""Evaluators for ``siamkit eval MODEL DATA``: each recognises the data it can evaluate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from siamkit.errors import DataError
+
+if TYPE_CHECKING:
+    from siamkit.model import Model
+
+
+@dataclass
+class Report:
+    """A titled table (list of row dicts) and optional notes, printed by the CLI."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluator:
+    name: str
+    matches: Callable[[Path], bool]
+    run: Callable[[Model, Path], Report]
+
+
+EVALUATORS: list[Evaluator] = []
+
+
+def register_evaluator(
+    name: str, matches: Callable[[Path], bool], run: Callable[[Model, Path], Report]
+) -> None:
+    """Make ``run(model, path)`` the evaluator of every data path for which ``matches`` holds."""
+    EVALUATORS.append(Evaluator(name, matches, run))
+
+
+def evaluate_path(model: Model, path: str | Path) -> Report:
+    """Run the first registered evaluator that recognises ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    for evaluator in EVALUATORS:
+        if evaluator.matches(path):
+            return evaluator.run(model, path)
+    names = ", ".join(e.name for e in EVALUATORS)
+    raise DataError(f"{path}: no evaluator recognises this data (known: {names})")

@@ -1,0 +1,254 @@
+"""Training recipes: one YAML file says what to train on, how, and how to evaluate the result.
+
+``siamkit train CONFIG.yaml`` runs :func:`run_recipe`: read the dataset, build the twin network and
+its loss, draw pairs / triplets / class-balanced batches (chosen by the loss), train with
+checkpoints, choose the decision threshold on validation pairs, report on the held-out test
+classes, and save a model folder that ``siamkit.load`` and every CLI command accept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from siamkit.checkpoint import atomic_write_text
+from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
+from siamkit.data.datasets import build_dataset
+from siamkit.data.labelled import LabelledData, Splits
+from siamkit.data.transforms import build_augmentation
+from siamkit.encoders import build_encoder
+from siamkit.errors import ConfigError
+from siamkit.evaluation.fewshot import FewShotResult, evaluate_episodes
+from siamkit.evaluation.plots import roc_plot, score_histogram
+from siamkit.evaluation.verification import (
+    choose_threshold,
+    pair_scores,
+    verification_report,
+    verification_validator,
+)
+from siamkit.heads import HEADS
+from siamkit.losses import build_loss
+from siamkit.model import save_model
+from siamkit.registry import ComponentSpec
+from siamkit.siamese import SiameseNetwork
+from siamkit.training import History, TrainConfig, fit
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchSettings(_Strict):
+    """How training batches are drawn. The loss decides the kind: pair losses get balanced pairs,
+    the triplet loss triplets, mined losses class-balanced batches (``m_per_class`` per class)."""
+
+    batch_size: int = Field(64, ge=2)
+    examples_per_epoch: int = Field(10_000, ge=1, description="pairs or triplets per epoch")
+    positive_fraction: float = Field(0.5, gt=0, lt=1)
+    m_per_class: int = Field(4, ge=2)
+    batches_per_epoch: int | None = Field(None, ge=1)
+
+
+class FewShotSettings(_Strict):
+    """One N-way K-shot evaluation on the test classes."""
+
+    n_way: int = Field(ge=2)
+    k_shot: int = Field(1, ge=1)
+    episodes: int = Field(1000, ge=1)
+    within_groups: bool = False
+
+
+class EvaluationSettings(_Strict):
+    """Validation during training and the final report on the test classes."""
+
+    val_pairs: int = Field(2000, ge=2)
+    test_pairs: int = Field(5000, ge=2)
+    monitor: Literal["auc", "eer_complement"] = "auc"
+    threshold_rule: Literal["eer", "accuracy"] = "eer"
+    fewshot: list[FewShotSettings] = Field(default_factory=list)
+    plots: bool = True
+
+
+class TrainRecipe(_Strict):
+    """Everything ``siamkit train`` needs, as read from a YAML file."""
+
+    seed: int = 0
+    data: ComponentSpec
+    data_dir: str | None = None
+    encoder: ComponentSpec
+    head: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="euclidean"))
+    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="contrastive"))
+    preprocess: ComponentSpec | None = None
+    augmentation: list[ComponentSpec] = Field(default_factory=list)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+
+def load_recipe(path: str | Path) -> TrainRecipe:
+    """Read and validate a recipe YAML; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: no such recipe file") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    return parse_recipe(raw, str(path))
+
+
+def parse_recipe(raw: Any, source: str = "recipe") -> TrainRecipe:
+    """Validate a recipe given as a dict."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        return TrainRecipe.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from error
+
+
+@dataclass
+class RecipeResult:
+    """What a recipe run produced: the model folder, training history and reports."""
+
+    model_dir: Path
+    history: History
+    threshold: float
+    test: dict[str, float]
+    fewshot: dict[str, FewShotResult] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+
+
+def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
+    """The twin network of a recipe, and its head spec completed with the embedding size."""
+    encoder = build_encoder(recipe.encoder)
+    head_spec = recipe.head
+    if head_spec.name == "learned" and "embedding_dim" not in head_spec.params:
+        head_spec = ComponentSpec(
+            name="learned", params={**head_spec.params, "embedding_dim": encoder.embedding_dim}
+        )
+    return SiameseNetwork(encoder, HEADS.build(head_spec)), head_spec
+
+
+def build_batches(recipe: TrainRecipe, loss: nn.Module, train: LabelledData) -> Any:
+    """The batch source the loss needs (pairs, triplets or class-balanced batches)."""
+    settings, seed = recipe.batches, recipe.seed
+    augment = build_augmentation(recipe.augmentation)
+    kind = getattr(loss, "kind", None)
+    if kind == "pair":
+        return PairBatches(
+            train, settings.examples_per_epoch, settings.batch_size, seed, augment,
+            settings.positive_fraction,
+        )  # fmt: skip
+    if kind == "triplet":
+        count = settings.examples_per_epoch
+        return TripletBatches(train, count, settings.batch_size, seed, augment)
+    if kind == "labelled":
+        return ClassBatches(
+            train, settings.batch_size, settings.m_per_class, seed, augment,
+            settings.batches_per_epoch,
+        )  # fmt: skip
+    raise ConfigError(f"loss {recipe.loss.name!r} has unknown kind {kind!r}")
+
+
+def default_preprocess(splits: Splits) -> ComponentSpec | None:
+    """The reader's preprocessing, or for image tensors a plain resize to the training size."""
+    if splits.preprocess is not None:
+        return ComponentSpec.model_validate(splits.preprocess)
+    items = splits.train.items
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        mode = "L" if items.shape[1] == 1 else "RGB"
+        return ComponentSpec(name="image", params={"size": list(items.shape[2:]), "mode": mode})
+    return None
+
+
+def run_recipe(
+    recipe: TrainRecipe,
+    out_dir: str | Path,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> RecipeResult:
+    """Train, calibrate, evaluate and save as the recipe says; outputs go under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    splits = build_dataset(
+        recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params
+    )
+    splits.train.require_nonempty("the training split")
+    splits.val.require_nonempty("the validation split (needed to choose the threshold)")
+    splits.test.require_nonempty("the test split")
+    training = recipe.training.model_copy(update={"seed": recipe.seed})
+    torch.manual_seed(recipe.seed)
+    network, head_spec = build_network(recipe)
+    loss = build_loss(recipe.loss, network)
+    evaluation = recipe.evaluation
+    validate = verification_validator(splits.val, evaluation.val_pairs, recipe.seed)
+    history = fit(
+        network, loss, build_batches(recipe, loss, splits.train), training, out_dir,
+        validate=_monitored(validate, evaluation.monitor), monitor=evaluation.monitor,
+        resume=resume, show_progress=show_progress,
+    )  # fmt: skip
+    network.cpu().eval()
+    val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
+    threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
+    scores, labels = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
+    test = verification_report(scores, labels, threshold)
+    fewshot = {
+        f"{s.n_way}-way {s.k_shot}-shot{' within groups' if s.within_groups else ''}": (
+            evaluate_episodes(
+                network, splits.test, s.n_way, s.k_shot, s.episodes, recipe.seed, s.within_groups
+            )
+        )
+        for s in evaluation.fewshot
+    }
+    plots = []
+    if evaluation.plots:
+        plots = [
+            roc_plot(scores, labels, out_dir / "roc.png", "ROC on unseen test classes"),
+            score_histogram(scores, labels, out_dir / "scores.png", threshold=threshold),
+        ]
+    model_dir = save_model(
+        out_dir / "model", network, recipe.encoder, head_spec, default_preprocess(splits),
+        threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test},
+    )  # fmt: skip
+    result = RecipeResult(model_dir, history, threshold, test, fewshot, plots)
+    atomic_write_text(out_dir / "report.json", json.dumps(result_summary(result), indent=2))
+    return result
+
+
+def _monitored(validate: Any, monitor: str) -> Any:
+    """Add ``eer_complement`` (1 - EER, higher is better) to the validation metrics."""
+
+    def run(network: SiameseNetwork) -> dict[str, float]:
+        metrics = validate(network)
+        if monitor == "eer_complement":
+            metrics["eer_complement"] = 1.0 - metrics["eer"]
+        return metrics
+
+    return run
+
+
+def result_summary(result: RecipeResult) -> dict[str, Any]:
+    """A JSON-able summary of a recipe run."""
+    return {
+        "model_dir": str(result.model_dir),
+        "threshold": result.threshold,
+        "best_epoch": result.history.best_epoch,
+        "epochs_run": len(result.history.epochs),
+        "train_seconds": sum(e["seconds"] for e in result.history.epochs),
+        "test_verification": result.test,
+        "fewshot": {k: vars(v) for k, v in result.fewshot.items()},
+    }
+

@@ -1,0 +1,326 @@
+"""The fit loop: optimizer and schedule, rich progress, per-epoch checkpoints, resume, early
+stopping on a validation metric, seeds, CPU by default and CUDA when present."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from siamkit.checkpoint import (
+    atomic_write_text,
+    load_state,
+    load_tensors,
+    load_weights,
+    save_state,
+    save_tensors,
+)
+from siamkit.errors import CheckpointError, ConfigError, DataError
+from siamkit.siamese import SiameseNetwork
+
+Validate = Callable[[SiameseNetwork], dict[str, float]]
+
+
+class BatchSource(Protocol):
+    """What ``fit`` trains on: an iterable of batches that can be re-seeded per epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Any: ...
+    def __len__(self) -> int: ...
+
+
+class TrainConfig(BaseModel):
+    """How to train: optimizer, learning-rate schedule, stopping rule, seed and device."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    schedule: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: int = Field(5, ge=1)
+    gamma: float = Field(0.5, gt=0)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1)
+
+
+@dataclass
+class History:
+    """Per-epoch records (loss, lr, seconds, validation metrics) and how training ended."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_metric: float | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def build_optimizer(params: Iterable[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW, RMSprop or SGD with momentum, from ``config``."""
+    params = [p for p in params if p.requires_grad]
+    wd = config.weight_decay
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, weight_decay=wd, momentum=config.momentum)
+    return torch.optim.SGD(params, lr=config.lr, weight_decay=wd, momentum=config.momentum)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+    """The learning-rate schedule named in ``config`` (``None`` for a constant rate)."""
+    lr = torch.optim.lr_scheduler
+    if config.schedule == "step":
+        return lr.StepLR(optimizer, config.step_size, config.gamma)
+    if config.schedule == "cosine":
+        return lr.CosineAnnealingLR(optimizer, config.epochs)
+    if config.schedule == "plateau":
+        return lr.ReduceLROnPlateau(optimizer, "max", factor=config.gamma, patience=1)
+    return None
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors (possibly inside tuples/lists) to ``device``; other items pass through."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple):
+        return tuple(to_device(b, device) for b in batch)
+    return batch
+
+
+def batch_loss(network: SiameseNetwork, loss: nn.Module, batch: Sequence[Any]) -> Tensor:
+    """Feed one batch to ``loss`` according to its kind (pair, triplet or labelled)."""
+    kind = getattr(loss, "kind", None)
+    if kind == "pair":
+        x1, x2, y = batch
+        return loss(*network(x1, x2), y)
+    if kind == "triplet":
+        return loss(*network(*batch))
+    if kind == "labelled":
+        x, labels = batch
+        return loss(network.embed(x), labels)
+    raise ConfigError(f"loss {type(loss).__name__} has no kind 'pair', 'triplet' or 'labelled'")
+
+
+class _Checkpoints:
+    """The checkpoint folder: last epoch's full state and the best weights so far."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file()
+
+    def save(self, network, optimizer, schedule, history: History, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict() if schedule is not None else None,
+            "rng": torch.get_rng_state(),
+            "history": history.to_dict(),
+        }
+        save_state(self.folder, "state", state)
+
+    def save_best(self, network: nn.Module) -> None:
+        save_tensors(self.folder / "best.safetensors", network.state_dict())
+
+    def restore(self, network, optimizer, schedule, history: History) -> int:
+        state = load_state(self.folder, "state")
+        load_weights(network, state["model"], self.folder / "state.safetensors")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if schedule is not None and state["schedule"] is not None:
+                schedule.load_state_dict(state["schedule"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"{self.folder}: optimizer state does not match: {error}"
+            ) from error
+        torch.set_rng_state(state["rng"])
+        history.__dict__.update(state["history"])
+        return int(state["epoch"]) + 1
+
+    def load_best(self, network: nn.Module) -> None:
+        path = self.folder / "best.safetensors"
+        load_weights(network, load_tensors(path), path)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metric]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def fit(
+    network: SiameseNetwork,
+    loss: nn.Module,
+    batches: BatchSource,
+    config: TrainConfig,
+    out_dir: str | Path,
+    validate: Validate | None = None,
+    monitor: str = "auc",
+    resume: bool = False,
+    show_progress: bool = True,
+) -> History:
+    """Train ``network`` on ``batches`` with ``loss``; return the :class:`History`.
+
+    Every epoch ends with ``validate(network)`` (when given; higher ``monitor`` is better), a
+    checkpoint in ``out_dir/checkpoint`` and, on a new best, a copy of the best weights. With
+    ``resume`` training continues after the last saved epoch. Early stopping waits
+    ``early_stopping_patience`` epochs without improvement. Ctrl-C stops after saving, and the
+    run can be resumed. On return the network holds the best weights (last ones without
+    validation).
+    """
+    out_dir = Path(out_dir)
+    checkpoints = _Checkpoints(out_dir / "checkpoint")
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    network.to(device)
+    loss.to(device)
+    optimizer = build_optimizer(list(network.parameters()) + list(loss.parameters()), config)
+    schedule = build_schedule(optimizer, config)
+    history = History()
+    start = 0
+    if resume:
+        if not checkpoints.exists():
+            raise CheckpointError(f"{checkpoints.folder}: nothing to resume (no state.json)")
+        start = checkpoints.restore(network, optimizer, schedule, history)
+    if len(batches) == 0:
+        raise DataError("the training batch source yields no batches")
+    step = _Step(network, loss, optimizer, device, config)
+    progress = _progress() if show_progress else None
+    if progress is not None:
+        progress.start()
+    try:
+        for epoch in range(start, config.epochs):
+            if _epochs_without_gain(history) >= (config.early_stopping_patience or 10**9):
+                history.stopped_early = True
+                break
+            record = step.epoch(batches, epoch, progress, _metric_text(history, monitor))
+            if validate is not None:
+                network.eval()
+                with torch.no_grad():
+                    record.update(validate(network))
+                if monitor not in record:
+                    raise ConfigError(f"validation returned {sorted(record)}; no {monitor!r}")
+                if history.best_metric is None or record[monitor] > history.best_metric:
+                    history.best_metric, history.best_epoch = record[monitor], epoch
+                    checkpoints.save_best(network)
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.step(record.get(monitor, -record["loss"]))
+            elif schedule is not None:
+                schedule.step()
+            history.epochs.append(record)
+            checkpoints.save(network, optimizer, schedule, history, epoch)
+            atomic_write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
+    except KeyboardInterrupt:
+        history.interrupted = True
+    finally:
+        if progress is not None:
+            progress.stop()
+    if validate is not None and history.best_epoch is not None:
+        checkpoints.load_best(network)
+    network.eval()
+    return history
+
+
+def _metric_text(history: History, monitor: str) -> str:
+    if not history.epochs or monitor not in history.epochs[-1]:
+        return ""
+    return f"val {monitor} {history.epochs[-1][monitor]:.4f}"
+
+
+def _epochs_without_gain(history: History) -> int:
+    if history.best_epoch is None or not history.epochs:
+        return 0
+    return int(history.epochs[-1]["epoch"]) - history.best_epoch
+
+
+class _Step:
+    """One optimisation step at a time, with AMP and gradient clipping when configured."""
+
+    def __init__(self, network, loss, optimizer, device: torch.device, config: TrainConfig):
+        self.network, self.loss, self.optimizer, self.device = network, loss, optimizer, device
+        self.config = config
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
+
+    def __call__(self, batch: Any) -> Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.amp):
+            value = batch_loss(self.network, self.loss, to_device(batch, self.device))
+        if not torch.isfinite(value):
+            raise DataError(
+                f"the training loss became {value.item()} (NaN/inf in data or lr too high)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(value).backward()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return value.detach()
+
+    def epoch(self, batches: BatchSource, epoch: int, progress, metric: str) -> dict[str, float]:
+        """Train one epoch; return its record (mean loss, lr, seconds)."""
+        self.network.train()
+        batches.set_epoch(epoch)
+        task = None
+        if progress is not None:
+            task = progress.add_task(
+                "train", total=len(batches), epoch=epoch + 1, loss=0.0, metric=metric
+            )
+        started, total, steps = time.perf_counter(), 0.0, 0
+        for batch in batches:
+            total += float(self(batch))
+            steps += 1
+            if task is not None and (steps % 10 == 0 or steps == len(batches)):
+                progress.update(task, completed=steps, loss=total / steps)
+        return {
+            "epoch": epoch,
+            "loss": total / max(steps, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }

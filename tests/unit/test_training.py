@@ -1,0 +1,75 @@
+"""The fit loop: it learns, checkpoints, resumes to the same result, stops early, fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from siamkit.data.batches import PairBatches
+from siamkit.encoders import build_encoder
+from siamkit.errors import CheckpointError, DataError
+from siamkit.evaluation.verification import verification_validator
+from siamkit.heads import HEADS
+from siamkit.losses import build_loss
+from siamkit.siamese import SiameseNetwork
+from siamkit.training import TrainConfig, fit
+
+
+def network() -> SiameseNetwork:
+    torch.manual_seed(0)
+    encoder = build_encoder({"name": "mlp", "params": {"in_features": 8, "hidden": [32],
+                                                       "embedding_dim": 8}})  # fmt: skip
+    return SiameseNetwork(encoder, HEADS.build({"name": "euclidean"}))
+
+
+def train(blobs, out, epochs=3, resume=False, **config):
+    net = network()
+    loss = build_loss({"name": "contrastive"}, net)
+    batches = PairBatches(blobs, pairs_per_epoch=256, batch_size=32, seed=0)
+    validate = verification_validator(blobs, n_pairs=200)
+    settings = TrainConfig(epochs=epochs, **{"lr": 0.003, **config})
+    history = fit(net, loss, batches, settings, out, validate=validate, resume=resume,
+                  show_progress=False)  # fmt: skip
+    return net, history
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
+def test_training_lowers_the_loss_and_separates_classes(blobs, tmp_path, optimizer):
+    _, history = train(blobs, tmp_path, epochs=4, optimizer=optimizer, schedule="cosine")
+    losses = [e["loss"] for e in history.epochs]
+    assert losses[-1] < losses[0]
+    assert history.best_metric > 0.95  # validation ROC AUC
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert len(saved["epochs"]) == 4
+
+
+def test_resume_continues_to_the_same_weights(blobs, tmp_path):
+    straight, _ = train(blobs, tmp_path / "a", epochs=4)
+    train(blobs, tmp_path / "b", epochs=2)
+    resumed, history = train(blobs, tmp_path / "b", epochs=4, resume=True)
+    assert [e["epoch"] for e in history.epochs] == [0, 1, 2, 3]
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_resume_without_checkpoint_and_corrupt_checkpoint_fail_clearly(blobs, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(blobs, tmp_path, resume=True)
+    train(blobs, tmp_path, epochs=1)
+    (tmp_path / "checkpoint" / "state.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="state.safetensors"):
+        train(blobs, tmp_path, epochs=2, resume=True)
+
+
+def test_early_stopping_stops_when_validation_stalls(blobs, tmp_path):
+    # A zero learning rate cannot improve the metric after the first epoch.
+    _, history = train(blobs, tmp_path, epochs=10, early_stopping_patience=2, lr=1e-12)
+    assert history.stopped_early and len(history.epochs) == 3
+
+
+def test_nan_inputs_stop_training_with_a_clear_error(blobs, tmp_path):
+    blobs.items[0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        train(blobs, tmp_path, epochs=1)
