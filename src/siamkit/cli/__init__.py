@@ -2,7 +2,4 @@
 
 from siamkit.cli.app import app, main
 
-# Importing the command modules registers their commands.
-from siamkit.cli import core  # noqa: E402,F401  isort: skip
-
 __all__ = ["app", "main"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 import typer
@@ -31,9 +33,20 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+COMMAND_MODULES = ("core", "gallery", "text")
+
+
+def register_commands() -> None:
+    """Import the command modules of :data:`COMMAND_MODULES` present in this installation."""
+    for name in COMMAND_MODULES:
+        module = f"siamkit.cli.{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a :class:`SiamkitError` is printed as ``error: ...`` and exits with 1."""
-    from siamkit import cli  # noqa: F401  registers every command module
+    register_commands()
 
     try:
         app(args=argv, standalone_mode=False)

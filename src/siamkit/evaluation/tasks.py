@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,21 @@ class Evaluator:
 
 
 EVALUATORS: list[Evaluator] = []
+# Modules that call register_evaluator when imported (one per task).
+EVALUATOR_MODULES = (
+    "siamkit.evaluation.image_folder_eval",
+    "siamkit.evaluation.omniglot_runs",
+    "siamkit.evaluation.signature_eval",
+    "siamkit.evaluation.faces_eval",
+    "siamkit.evaluation.text_eval",
+)
+
+
+def load_evaluators() -> None:
+    """Import the evaluator modules of :data:`EVALUATOR_MODULES` present in this installation."""
+    for module in EVALUATOR_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def register_evaluator(
@@ -42,6 +59,7 @@ def register_evaluator(
 def evaluate_path(model: Model, path: str | Path) -> Report:
     """Run the first registered evaluator that recognises ``path``."""
     path = Path(path)
+    load_evaluators()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     for evaluator in EVALUATORS:
