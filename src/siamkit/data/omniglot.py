@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from torchvision.transforms import v2
 
@@ -33,6 +33,7 @@ from siamkit.errors import ConfigError, DataError
 BACKGROUND_ZIP = "images_background.zip"
 EVALUATION_ZIP = "images_evaluation.zip"
 SIZES = (28, 56, 105)
+CACHE_VERSION = 1  # bump when decoding changes, so stale caches are not reused
 ROTATIONS = 4  # classes x4 by rotating whole characters by 0, 90, 180, 270 degrees
 
 
@@ -120,13 +121,13 @@ def _save(data: OmniglotImages, file: Path) -> None:
 
 
 def _load(file: Path) -> OmniglotImages | None:
+    """The cached images, or ``None`` when the cache file is missing or damaged."""
     try:
-        tensors = load_file(str(file))
-        with open(file, "rb") as handle:  # the names travel in the safetensors header
-            header_len = int.from_bytes(handle.read(8), "little")
-            names = json.loads(json.loads(handle.read(header_len))["__metadata__"]["names"])
+        with safe_open(str(file), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in ("images", "labels", "groups")}
+            names = json.loads((handle.metadata() or {})["names"])
     except (OSError, SafetensorError, KeyError, ValueError):
-        return None  # missing or damaged cache: decode again
+        return None  # decode again
     return OmniglotImages(
         tensors["images"],
         tensors["labels"],
@@ -145,7 +146,7 @@ def read_zip(path: Path | str, size: int = 28, cache: bool = True) -> OmniglotIm
         raise DataError(f"{path}: Omniglot zip not found")
     if not cache:
         return decode_zip(path, size)
-    file = cache_dir() / "omniglot" / f"{sha256(path)}-{size}px.safetensors"
+    file = cache_dir() / "omniglot" / f"{sha256(path)}-{size}px-v{CACHE_VERSION}.safetensors"
     data = _load(file)
     if data is None:
         data = decode_zip(path, size)
@@ -207,7 +208,14 @@ def omniglot(
     background = read_zip(folder / BACKGROUND_ZIP, size, cache).to_labelled()
     test = read_zip(folder / EVALUATION_ZIP, size, cache).to_labelled()
     train, val = carve_validation(background, validation, val_fraction, seed)
-    return Splits(rotate_classes(train) if rotations else train, val, test)
+    if rotations:
+        train = rotate_classes(train)
+    return Splits(train, val, test, preprocess=preprocess_spec(size))
+
+
+def preprocess_spec(size: int) -> dict[str, object]:
+    """How a raw Omniglot PNG becomes an item like the reader's: grey, resized, inverted."""
+    return {"name": "image", "params": {"size": [size, size], "mode": "L", "invert": True}}
 
 
 def koch_affine() -> v2.RandomAffine:

@@ -9,18 +9,22 @@ scores highest, and a run's accuracy is the fraction of its 20 test items matche
 from __future__ import annotations
 
 import io
-import math
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from siamkit.errors import DataError
+from siamkit.evaluation.fewshot import mean_ci95
+from siamkit.evaluation.tasks import Report, register_evaluator
+
+if TYPE_CHECKING:
+    from siamkit.model import Model
 
 LABELS_FILE = "class_labels.txt"
 Similarity = Callable[[Sequence[Any], Sequence[Any]], Tensor]
@@ -101,14 +105,6 @@ def read_runs(path: Path | str) -> list[Run]:
     return runs
 
 
-def mean_ci95(values: Tensor) -> tuple[float, float]:
-    """Mean and half-width of its normal 95% confidence interval (1.96 standard errors)."""
-    values = values.double()
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), 1.96 * float(values.std()) / math.sqrt(len(values))
-
-
 @torch.no_grad()
 def score_runs(similarity: Similarity, runs: Sequence[Run]) -> RunsResult:
     """Classify each test item by ``argmax`` of ``similarity(test, training)`` (a (20, 20) score
@@ -127,13 +123,44 @@ def score_runs(similarity: Similarity, runs: Sequence[Run]) -> RunsResult:
     return RunsResult(acc, mean, ci95, sum(len(r.test) for r in runs))
 
 
-def network_similarity(network: Any, preprocess: Callable[[Sequence[Any]], Tensor]) -> Similarity:
-    """A :data:`Similarity` from a siamese network (``embed`` + ``head.pairwise``), in eval mode."""
+def is_runs_zip(path: Path) -> bool:
+    """A zip holding ``runNN/class_labels.txt`` files (Lake's ``all_runs.zip``)."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(PurePosixPath(m).name == LABELS_FILE for m in archive.namelist())
+
+
+def evaluate_runs(model: Model, path: Path) -> Report:
+    """``siamkit eval MODEL all_runs.zip``: the official 400-trial 20-way one-shot accuracy."""
+    runs = read_runs(path)
+    result = score_runs(model_similarity(model), runs)
+    rows = [
+        {
+            "protocol": f"Lake et al. official runs: {len(runs)} runs, {result.trials} trials "
+            "of 20-way within-alphabet 1-shot",
+            "accuracy": f"{result.mean:.4f} ± {result.ci95:.4f}",
+        }
+    ]
+    rows += [
+        {"protocol": run.name, "accuracy": f"{float(acc):.2f}"}
+        for run, acc in zip(runs, result.run_accuracies, strict=True)
+    ]
+    notes = [
+        "accuracy = mean over runs (each run: fraction of its 20 test items whose highest-scoring "
+        "training image is the right one); ± = 95% CI over runs; no test-time augmentation",
+        "reference (not measured here): Koch et al. 92.0%, people 95.5%, BPL 96.7%",
+    ]
+    return Report(f"Omniglot one-shot runs in {path.name}", rows, notes)
+
+
+def model_similarity(model: Model) -> Similarity:
+    """A :data:`Similarity` from a loaded model: its own preprocessing, embedding and head."""
 
     def similarity(queries: Sequence[Any], references: Sequence[Any]) -> Tensor:
-        network.eval()
-        return network.head.pairwise(
-            network.embed(preprocess(queries)), network.embed(preprocess(references))
-        )
+        return model.pairwise(model.embed(list(queries)), model.embed(list(references)))
 
     return similarity
+
+
+register_evaluator("Omniglot one-shot runs (all_runs.zip)", is_runs_zip, evaluate_runs)
