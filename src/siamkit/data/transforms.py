@@ -65,7 +65,7 @@ def open_image(source: str | Path | Image.Image | np.ndarray, mode: str) -> Imag
             image.load()
         except FileNotFoundError as error:
             raise DataError(f"{path}: no such file") from error
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{path}: not a readable image ({error})") from error
     if image.mode in ("RGBA", "LA", "P"):
         rgba = image.convert("RGBA")
