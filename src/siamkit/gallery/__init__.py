@@ -136,23 +136,45 @@ class Gallery:
         With a ``threshold`` (cosine), a probe whose best score is below it is "unknown"
         (``identity=None``): the open-set answer. Without one, the best candidate is returned.
         """
+        if k < 1:
+            raise DataError(f"identify: k must be >= 1, got {k}")
         probes = unit_vectors(embeddings, "probe embeddings")
         n = len(self.store)
         depth = min(n, max(4 * k, 32)) if n else k  # templates to fetch to find k identities
+        while True:
+            ranked = self._rank_identities(probes, depth)
+            if depth >= n or all(len(best) >= k for best in ranked):
+                break
+            depth = min(n, 4 * depth)  # many templates per identity, or non-identity items
+        answers = []
+        for best in ranked:
+            candidates = [Candidate(nm, s) for nm, s in list(best.items())[:k]]
+            top = candidates[0] if candidates else Candidate("", float("-inf"))
+            known = bool(candidates) and (threshold is None or top.score >= threshold)
+            answers.append(Identification(top.identity if known else None, top.score, candidates))
+        return answers
+
+    def _rank_identities(self, probes: np.ndarray, depth: int) -> list[dict[str, float]]:
+        """Per probe: identity -> best template score, best first, from the top ``depth``."""
         result = self.store.search(probes, depth)
         metas = self.store.metadata(np.unique(result.ids[result.ids >= 0]))
-        answers = []
+        ranked = []
         for scores, ids in zip(result.scores, result.ids, strict=True):
             best: dict[str, float] = {}
             for score, i in zip(scores.tolist(), ids.tolist(), strict=True):
                 name = metas.get(i, {}).get("identity")
                 if name is not None and name not in best:
                     best[name] = score
-            candidates = [Candidate(nm, s) for nm, s in list(best.items())[:k]]
-            top = candidates[0] if candidates else Candidate("", float("-inf"))
-            known = threshold is None or top.score >= threshold
-            answers.append(Identification(top.identity if known else None, top.score, candidates))
-        return answers
+            ranked.append(best)
+        return ranked
+
+    def add(self, embeddings: Any, metadata: Sequence[Metadata]) -> np.ndarray:
+        """Store items for retrieval (not identities), e.g. ``{"source": path}`` each."""
+        return self.store.add(unit_vectors(embeddings, "item embeddings"), metadata)
+
+    def sources(self) -> set[str]:
+        """The ``source`` of every stored vector that has one."""
+        return {m["source"] for m in self.store.metadata().values() if m.get("source")}
 
     def search(self, embeddings: Any, k: int = 10) -> list[list[Match]]:
         """The ``k`` most similar stored templates per query (image retrieval)."""

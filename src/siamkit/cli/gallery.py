@@ -1,0 +1,143 @@
+"""Gallery commands: enroll, identify, people, remove (faces); index, search (image retrieval).
+
+GALLERY is a folder (FAISS + SQLite, the default), a Milvus Lite file ``*.db``, or a Milvus
+server URI ``http://host:19530``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from siamkit.cli.app import app, console, print_table
+
+ModelArg = Annotated[Path, typer.Argument(help="Model folder (from siamkit train).")]
+GalleryArg = Annotated[str, typer.Argument(help="Gallery folder, Milvus Lite *.db or URI.")]
+
+
+@app.command()
+def enroll(
+    model: ModelArg,
+    gallery: GalleryArg,
+    images: Annotated[list[Path], typer.Argument(help="Images of this person.")],
+    name: Annotated[str, typer.Option("--name", help="The identity's name (unique).")],
+    mean: Annotated[
+        bool, typer.Option(help="Also store the mean of the images' templates.")
+    ] = False,
+) -> None:
+    """Enroll identity NAME in GALLERY with one template per image."""
+    import siamkit
+    from siamkit.gallery import Gallery
+    from siamkit.gallery.images import enroll_files
+
+    loaded = siamkit.load(model)
+    with Gallery.open(gallery) as g:
+        ids = enroll_files(loaded, g, name, images, mean=mean)
+        total = len(g.identities())
+    console.print(f"enrolled {name!r}: {len(ids)} templates; {total} identities in {gallery}")
+
+
+@app.command()
+def identify(
+    model: ModelArg,
+    gallery: GalleryArg,
+    image: Annotated[Path, typer.Argument(help="The probe image.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Candidates to show.")] = 5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Cosine below which the probe is unknown (default: the model's)."),
+    ] = None,
+) -> None:
+    """Who is in IMAGE: the top-k enrolled identities, or "unknown" below the threshold."""
+    import siamkit
+    from siamkit.gallery import Gallery
+    from siamkit.gallery.images import cosine_threshold, identify_files
+
+    loaded = siamkit.load(model)
+    t = cosine_threshold(loaded) if threshold is None else threshold
+    with Gallery.open(gallery) as g:
+        answer = identify_files(loaded, g, [image], k=k, threshold=t)[0]
+    rows = [{"rank": i + 1, "identity": c.identity, "score": c.score}
+            for i, c in enumerate(answer.candidates)]  # fmt: skip
+    print_table(f"candidates for {image}", rows)
+    decision = answer.identity if answer.identity is not None else "unknown"
+    console.print(f"identity: {decision} (score {answer.score:.4f}, threshold {t})")
+
+
+@app.command()
+def people(gallery: GalleryArg) -> None:
+    """List the identities enrolled in GALLERY and their number of image templates."""
+    from siamkit.gallery import Gallery
+
+    with Gallery.open(gallery) as g:
+        names = g.identities()
+    print_table(f"{len(names)} identities in {gallery}",
+                [{"identity": n, "images": c} for n, c in names.items()])  # fmt: skip
+
+
+@app.command()
+def remove(
+    gallery: GalleryArg,
+    name: Annotated[str, typer.Option("--name", help="The identity to remove.")],
+) -> None:
+    """Remove identity NAME (all its templates) from GALLERY."""
+    from siamkit.gallery import Gallery
+
+    with Gallery.open(gallery) as g:
+        removed = g.remove(name)
+    console.print(f"removed {name!r}: {removed} templates")
+
+
+@app.command()
+def index(
+    model: ModelArg,
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    gallery: Annotated[
+        str | None,
+        typer.Option(help="Gallery to add to (default: FOLDER's name + '.gallery' beside it)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images embedded per batch.")] = 256,
+) -> None:
+    """Embed every image under FOLDER into a gallery for `siamkit search`."""
+    import siamkit
+    from siamkit.gallery import Gallery
+    from siamkit.gallery.images import index_folder
+
+    loaded = siamkit.load(model)
+    target = gallery or str(folder.resolve().with_name(folder.resolve().name + ".gallery"))
+    with Gallery.open(target) as g:
+        summary = index_folder(loaded, g, folder, batch_size=batch_size)
+        total = len(g)
+    console.print(
+        f"indexed {summary.added} images ({summary.skipped} already there); "
+        f"{total} items in {target}"
+    )
+
+
+@app.command()
+def search(
+    model: ModelArg,
+    gallery: GalleryArg,
+    image: Annotated[Path, typer.Argument(help="The query image.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Results to show.")] = 10,
+) -> None:
+    """The k stored images most similar to IMAGE (cosine similarity of embeddings)."""
+    import siamkit
+    from siamkit.gallery import Gallery
+    from siamkit.gallery.images import search_files
+
+    loaded = siamkit.load(model)
+    with Gallery.open(gallery) as g:
+        matches = search_files(loaded, g, [image], k=k)[0]
+    rows = [
+        {
+            "rank": i + 1,
+            "score": m.score,
+            "source": m.metadata.get("source"),
+            "label": m.metadata.get("label", m.metadata.get("identity")),
+        }
+        for i, m in enumerate(matches)
+    ]
+    print_table(f"most similar to {image}", rows)

@@ -1,0 +1,119 @@
+"""A trained model and a gallery together: enroll, identify and search with image files.
+
+The gallery compares unit-length embeddings by cosine similarity. :func:`cosine_threshold` turns
+the model's calibrated threshold into that scale, so "unknown" means what the model's
+verification threshold means: a cosine head's threshold is used as it is; a euclidean head on
+L2-normalised embeddings converts ``-d`` to ``1 - d^2 / 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from siamkit.data.datasets import IMAGE_SUFFIXES
+from siamkit.errors import ConfigError, DataError
+from siamkit.gallery import Gallery, Identification, Match
+from siamkit.model import Model
+
+
+def cosine_threshold(model: Model) -> float | None:
+    """The model's calibrated threshold as a cosine similarity (``None`` if it has none)."""
+    t = model.threshold
+    if t is None:
+        return None
+    head = model.config.head.name
+    if head == "cosine":
+        return float(t)
+    if head == "euclidean" and model.config.encoder.params.get("normalize"):
+        return float(1 - t * t / 2)  # |a - b|^2 = 2 - 2 cos for unit vectors
+    raise ConfigError(
+        f"the model's threshold is on its {head!r} head's scale, which has no cosine equivalent; "
+        "pass a cosine threshold explicitly"
+    )
+
+
+def embed_files(model: Model, files: Sequence[str | Path]) -> np.ndarray:
+    """Embeddings (N, D) of image files, read with the model's saved preprocessing."""
+    if not files:
+        raise DataError("no image files given")
+    return model.embed([str(f) for f in files]).numpy()
+
+
+def enroll_files(
+    model: Model, gallery: Gallery, name: str, files: Sequence[str | Path], mean: bool = False
+) -> np.ndarray:
+    """Enroll ``name`` with one template per image file (and their mean if asked)."""
+    embeddings = embed_files(model, files)
+    return gallery.enroll(name, embeddings, sources=[str(f) for f in files], mean=mean)
+
+
+def identify_files(
+    model: Model,
+    gallery: Gallery,
+    files: Sequence[str | Path],
+    k: int = 5,
+    threshold: float | None = None,
+) -> list[Identification]:
+    """Top-``k`` identities per probe file; "unknown" below ``threshold`` (default: the model's,
+    as a cosine, see :func:`cosine_threshold`)."""
+    t = cosine_threshold(model) if threshold is None else threshold
+    return gallery.identify(embed_files(model, files), k=k, threshold=t)
+
+
+def search_files(
+    model: Model, gallery: Gallery, files: Sequence[str | Path], k: int = 10
+) -> list[list[Match]]:
+    """The ``k`` most similar stored images per query file."""
+    return gallery.search(embed_files(model, files), k=k)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What :func:`index_folder` did: images added, and images skipped as already indexed."""
+
+    added: int
+    skipped: int
+
+
+def index_folder(
+    model: Model,
+    gallery: Gallery,
+    folder: str | Path,
+    batch_size: int = 256,
+    show_progress: bool = True,
+) -> IndexSummary:
+    """Embed every image under ``folder`` into ``gallery`` for retrieval.
+
+    Each item's metadata is ``{"source": path, "label": its parent folder's name}``. Files indexed
+    before (same path) are skipped, so indexing a folder again adds only its new images. Batches
+    are committed one at a time: an interrupted run keeps what it finished.
+    """
+    root = Path(folder)
+    files = image_files(root)
+    known = gallery.sources() if len(gallery) else set()
+    todo = [f for f in files if str(f) not in known]
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"indexing {root}", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            metas = [{"source": str(f), "label": f.parent.name} for f in batch]
+            gallery.add(embed_files(model, batch), metas)
+            progress.advance(task, len(batch))
+    gallery.save()
+    return IndexSummary(added=len(todo), skipped=len(files) - len(todo))
