@@ -3,8 +3,12 @@
 The seed example minimised the cosine of every pair and ignored the label. Here the score drives
 the loss: :class:`CosineRegressionLoss` regresses ``cos(e1, e2)`` on ``score / max_score``
 (Reimers & Gurevych 2019) and :class:`CoSENTLoss` ranks the pairs of a batch by cosine in the
-order of their scores (Su 2022). For 0/1 losses (contrastive, in-batch ranking in
-:mod:`siamkit.losses`) :func:`binarize` thresholds the scores, keeping 1 = same.
+order of their scores (Su 2022). Both have ``kind = "pair"`` (``forward(e1, e2, y)``), so the core
+trainer :func:`siamkit.training.fit` feeds them like any pair loss; ``y`` is a score in
+``[0, max_score]`` (use ``max_score=1`` for 0/1 labels). For losses that need 0/1 labels
+(``contrastive``, in-batch ``ranking`` in :mod:`siamkit.losses`) :func:`binarize` thresholds the
+scores, keeping 1 = same. The two losses are registered in :data:`siamkit.losses.LOSSES` as
+``cosine_regression`` and ``cosent``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from siamkit.errors import ConfigError, DataError
+from siamkit.errors import DataError
+from siamkit.losses import LOSSES
+from siamkit.siamese import SiameseNetwork
 
 
 def check_scores(e1: Tensor, e2: Tensor, scores: Tensor, max_score: float) -> None:
@@ -25,7 +31,7 @@ def check_scores(e1: Tensor, e2: Tensor, scores: Tensor, max_score: float) -> No
         )
     if scores.shape != (e1.shape[0],):
         raise DataError(f"expected {e1.shape[0]} scores, got shape {tuple(scores.shape)}")
-    if scores.min() < 0 or scores.max() > max_score:
+    if not torch.isfinite(scores).all() or scores.min() < 0 or scores.max() > max_score:
         raise DataError(
             f"expected scores in [0, {max_score}], got [{scores.min():.3g}, {scores.max():.3g}]"
         )
@@ -34,10 +40,12 @@ def check_scores(e1: Tensor, e2: Tensor, scores: Tensor, max_score: float) -> No
 class ScoredPairLoss(nn.Module):
     """Base class: ``forward(e1, e2, scores)`` with scores in ``[0, max_score]``."""
 
-    kind = "scored"
+    kind = "pair"
 
     def __init__(self, max_score: float = 5.0) -> None:
         super().__init__()
+        if max_score <= 0:
+            raise DataError(f"max_score must be positive, got {max_score}")
         self.max_score = max_score
 
     def forward(self, e1: Tensor, e2: Tensor, scores: Tensor) -> Tensor:  # noqa: D102
@@ -46,6 +54,7 @@ class ScoredPairLoss(nn.Module):
         return self.scored_loss(F.cosine_similarity(e1, e2, dim=1), scores / self.max_score)
 
     def scored_loss(self, cosine: Tensor, target: Tensor) -> Tensor:
+        """The loss from each pair's cosine and its target in [0, 1]."""
         raise NotImplementedError
 
 
@@ -59,7 +68,8 @@ class CosineRegressionLoss(ScoredPairLoss):
 class CoSENTLoss(ScoredPairLoss):
     """``log(1 + sum over score_i > score_j of exp(scale * (cos_j - cos_i)))``.
 
-    Only the order of the scores matters, which matches the Spearman metric of STS tasks.
+    Only the order of the scores matters, which matches the Spearman metric of STS tasks. A batch
+    whose scores are all equal gives ``log(1) = 0`` (nothing to rank).
     """
 
     def __init__(self, max_score: float = 5.0, scale: float = 20.0) -> None:
@@ -78,13 +88,11 @@ def binarize(scores: Tensor, threshold: float) -> Tensor:
     return (torch.as_tensor(scores) >= threshold).float()
 
 
-SCORED_LOSSES = {"cosine_regression": CosineRegressionLoss, "cosent": CoSENTLoss}
+@LOSSES.register("cosine_regression")
+def _cosine_regression(network: SiameseNetwork, max_score: float = 5.0) -> nn.Module:
+    return CosineRegressionLoss(max_score)
 
 
-def build_scored_loss(name: str, **params: float) -> ScoredPairLoss:
-    """A scored-pair loss by name: ``cosine_regression`` or ``cosent``."""
-    if name not in SCORED_LOSSES:
-        raise ConfigError(
-            f"unknown scored-pair loss {name!r}; expected one of {sorted(SCORED_LOSSES)}"
-        )
-    return SCORED_LOSSES[name](**params)
+@LOSSES.register("cosent")
+def _cosent(network: SiameseNetwork, max_score: float = 5.0, scale: float = 20.0) -> nn.Module:
+    return CoSENTLoss(max_score, scale)

@@ -98,7 +98,11 @@ def read_stsb(split: str = "train", data_dir: Path | None = None) -> TextPairs:
 
 def read_mrpc(split: str = "train", data_dir: Path | None = None) -> TextPairs:
     """MRPC pairs of ``split`` (train/test) with their labels (1 = paraphrase)."""
-    path = split_file(data_dir, "mrpc", MRPC_SPLITS, split)
+    return read_mrpc_file(split_file(data_dir, "mrpc", MRPC_SPLITS, split))
+
+
+def read_mrpc_file(path: Path) -> TextPairs:
+    """Pairs of one MRPC release file: Quality, #1 ID, #2 ID, #1 String, #2 String."""
     lines = read_text_lines(path, encoding="utf-8-sig")
     if not lines or not lines[0].startswith("Quality"):
         raise DataError(f"{path}: expected a header line starting with 'Quality'")
@@ -143,6 +147,35 @@ def read_stsb_sources(split: str = "test", data_dir: Path | None = None) -> Labe
     return LabelledData(list(texts), torch.tensor(labels), classes)
 
 
+@dataclass
+class TextSplits:
+    """Train / validation / test pairs of a sentence-pair dataset, and how to read its targets:
+    scores lie in ``[0, max_score]`` and ``score >= label_threshold`` means "same" (1)."""
+
+    train: TextPairs
+    val: TextPairs
+    test: TextPairs
+    max_score: float
+    label_threshold: float
+
+
+def read_text_splits(
+    name: str, data_dir: Path | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> TextSplits:
+    """``stsb``: train/dev/test as given, "same" = score >= 4 (mostly equivalent). ``mrpc``: a
+    seeded ``val_fraction`` of train held out for validation (MRPC has no dev split)."""
+    if name == "stsb":
+        train, dev, test = (read_stsb(s, data_dir) for s in ("train", "dev", "test"))
+        return TextSplits(train, dev, test, max_score=5.0, label_threshold=4.0)
+    if name == "mrpc":
+        full = read_mrpc("train", data_dir)
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, int(val_fraction * len(full)))
+        train, val = full.subset(order[n_val:]), full.subset(order[:n_val])
+        return TextSplits(train, val, read_mrpc("test", data_dir), 1.0, 0.5)
+    raise DataError(f"unknown sentence-pair dataset {name!r}; expected 'stsb' or 'mrpc'")
+
+
 class TextPairBatches:
     """Shuffled mini-batches ``(texts_a, texts_b, scores)`` of a :class:`TextPairs`, per epoch.
 
@@ -171,3 +204,39 @@ class TextPairBatches:
         for start in range(0, len(order), self.batch_size):
             batch = self.pairs.subset(order[start : start + self.batch_size])
             yield batch.a, batch.b, batch.scores
+
+
+def read_labelled_texts(path: Path) -> tuple[list[str], list[str]]:
+    """Texts and labels from a UTF-8 file of ``label<TAB>text`` lines (blank lines skipped)."""
+    texts, labels = [], []
+    for number, line in enumerate(read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        label, sep, text = line.partition("\t")
+        if not sep or not label.strip() or not text.strip():
+            raise DataError(f"{path}:{number}: expected 'label<TAB>text', got {line[:40]!r}")
+        labels.append(label.strip())
+        texts.append(text)
+    if not texts:
+        raise DataError(f"{path}: no labelled texts found")
+    return texts, labels
+
+
+def read_pair_file(path: Path) -> TextPairs:
+    """Labelled sentence pairs from an MRPC release file (header ``Quality``) or a UTF-8 file of
+    ``label<TAB>text a<TAB>text b`` lines with labels 0/1."""
+    path = Path(path)
+    lines = read_text_lines(path, encoding="utf-8-sig")
+    if lines and lines[0].startswith("Quality"):
+        return read_mrpc_file(path)
+    a, b, labels = [], [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise DataError(f"{path}:{number}: expected '0|1<TAB>text a<TAB>text b'")
+        labels.append(float(fields[0]))
+        a.append(fields[1])
+        b.append(fields[2])
+    return TextPairs(a, b, labels)

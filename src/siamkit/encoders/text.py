@@ -182,6 +182,14 @@ class RecurrentTextEncoder(Encoder):
 
     def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
         """Copy pre-trained word vectors into the embedding table; return how many words matched."""
+        size = self.embedding.embedding_dim
+        bad = [w for w, v in vectors.items() if v.shape != (size,)][:1]
+        if bad:
+            raise ConfigError(
+                f"pre-trained vector of {bad[0]!r} has shape {tuple(vectors[bad[0]].shape)}; "
+                f"the embedding table expects ({size},): set embedding_size to "
+                f"{vectors[bad[0]].shape[-1]}"
+            )
         found = 0
         with torch.no_grad():
             for word, i in self.vocabulary.index.items():

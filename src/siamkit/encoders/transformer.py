@@ -38,6 +38,9 @@ def load_sentence_transformer(model: str | Path | None = None, max_seq_length: i
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     name = str(model) if model is not None else DEFAULT_MODEL
     source = default_model_path() if name.split("/")[-1] == DEFAULT_MODEL else name
@@ -70,7 +73,9 @@ class SentenceTransformerEncoder(Encoder):
     ) -> None:
         super().__init__(normalize=normalize)
         self.model = load_sentence_transformer(model, max_seq_length)
-        self.embedding_dim = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None)
+        dimension = dimension or self.model.get_sentence_embedding_dimension
+        self.embedding_dim = int(dimension())
 
     def check_input(self, x: Sequence[str]) -> None:  # noqa: D102
         if isinstance(x, str) or not all(isinstance(text, str) for text in x):
@@ -80,8 +85,9 @@ class SentenceTransformerEncoder(Encoder):
 
     def features(self, texts: Sequence[str]) -> Tensor:  # noqa: D102
         device = next(self.model.parameters()).device
-        batch = self.model.tokenize(list(texts))
-        batch = {key: value.to(device) for key, value in batch.items()}
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
+        batch = tokenize(list(texts))
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         return self.model(batch)["sentence_embedding"]
 
     def save_assets(self, folder: Path) -> None:
