@@ -129,3 +129,20 @@ def test_text_errors_are_one_line(tmp_path, capsys):
     assert "bad.yaml" in err and "data" in err and len(err.strip().splitlines()) == 1
     assert main(["similarity", str(tmp_path / "nope"), "a", "b"]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_eval_recognises_stsb_and_mrpc_folders(trained, capsys):
+    tmp, model = trained
+    assert main(["eval", str(model), str(tmp / "stsb")]) == 0
+    out = capsys.readouterr().out
+    assert "STS Benchmark" in out and "spearman" in out and "test" in out
+    mrpc = tmp / "mrpc"
+    mrpc.mkdir(exist_ok=True)
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    body = "".join(f"{int(s >= 4)}\t{i}\t{i + 100}\t{a}\t{b}\n"
+                   for i, (a, b, s) in enumerate(SENTENCES))  # fmt: skip
+    for name in ("msr_paraphrase_train.txt", "msr_paraphrase_test.txt"):
+        (mrpc / name).write_text(header + body, "utf-8")
+    assert main(["eval", str(model), str(mrpc)]) == 0
+    out = capsys.readouterr().out
+    assert "MRPC" in out and "f1" in out

@@ -63,6 +63,9 @@ class TextRecipe(_Strict):
     )
     loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="cosent"))
     batch_size: int = Field(16, ge=2)
+    train_pairs: int | None = Field(
+        None, ge=2, description="train on a seeded subset of this many pairs (quick runs)"
+    )
     training: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -169,6 +172,9 @@ def run_text_recipe(
     atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
     folder = data_dir or recipe.data_dir
     splits = read_text_splits(recipe.data, Path(folder) if folder else None, seed=recipe.seed)
+    if recipe.train_pairs is not None and recipe.train_pairs < len(splits.train):
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))
+        splits.train = splits.train.subset(order[: recipe.train_pairs])
     torch.manual_seed(recipe.seed)
     network = SiameseNetwork(build_text_encoder(recipe, splits.train), CosineHead())
     loss = build_text_loss(recipe, network, splits.max_score)
