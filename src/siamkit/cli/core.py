@@ -64,26 +64,30 @@ def evaluate(
 def verify(
     model: Annotated[Path, typer.Argument(help="Model folder.")],
     questioned: Annotated[str, typer.Argument(help="The input to check (file or text).")],
-    other: Annotated[str | None, typer.Argument(help="Compare with this one input.")] = None,
-    references: Annotated[
-        list[str] | None, typer.Option(help="Compare with these enrolled references instead.")
+    others: Annotated[
+        list[str] | None,
+        typer.Argument(help="The one input to compare with, or with --references the references."),
     ] = None,
+    references: Annotated[
+        bool, typer.Option("--references", help="Compare with these enrolled references: K >= 1.")
+    ] = False,
     aggregate: Annotated[str, typer.Option(help="Reference scores: mean or max.")] = "mean",
 ) -> None:
-    """Score QUESTIONED against OTHER (or --references) and decide at the model's threshold."""
+    """Score QUESTIONED against OTHER (or --references REF1 REF2 ...); decide at the threshold."""
     import siamkit
     from siamkit.evaluation.reference_set import score_against_references
 
-    if (other is None) == (not references):
-        raise DataError("give exactly one of: a second input, or --references REF1 [REF2 ...]")
+    others = others or []
+    if not others or (len(others) > 1 and not references):
+        raise DataError("give exactly one input to compare with, or --references REF1 [REF2 ...]")
     if aggregate not in ("mean", "max"):
         raise DataError(f"--aggregate must be 'mean' or 'max', got {aggregate!r}")
     loaded = siamkit.load(model)
-    mean, best = score_against_references(loaded, questioned, references or [other])
+    mean, best = score_against_references(loaded, questioned, others)
     score = mean if aggregate == "mean" else best
-    threshold = loaded.config.extra.get("reference_thresholds", {}).get(aggregate)
-    threshold = loaded.threshold if threshold is None else float(threshold)
-    row = {"score": score, "threshold": threshold, "references": len(references or [other])}
+    saved = loaded.config.extra.get("reference_thresholds", {}) if references else {}
+    threshold = loaded.threshold if saved.get(aggregate) is None else float(saved[aggregate])
+    row = {"score": score, "threshold": threshold, "references": len(others)}
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
     print_table("verification", [row])

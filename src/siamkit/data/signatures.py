@@ -267,7 +267,8 @@ def signatures(
     """
     data = read_signature_tree(dataset_dir("signatures", data_dir))
     split = writer_folds(data.writer_ids(), n_folds, n_val, seed)[fold]
-    images = SignaturePreprocess(size, canvas)(data.paths)
+    preprocess = SignaturePreprocess(size, canvas)
+    images = preprocess(data.paths)
     labels, classes = signature_classes(data)
     writers = data.writer_ids()
     groups = np.array([writers.index(w) for w in data.writers])
@@ -278,4 +279,4 @@ def signatures(
     def part(names: list[str]) -> LabelledData:
         return every.subset(torch.from_numpy(np.flatnonzero(np.isin(data.writers, names))))
 
-    return Splits(part(split.train), part(split.val), part(split.test))
+    return Splits(part(split.train), part(split.val), part(split.test), preprocess.spec)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from siamkit.data.signatures import SignatureSet
 from siamkit.errors import DataError
+from siamkit.evaluation.verification import choose_threshold, verification_report
 
 AGGREGATES = ("mean", "max")
 
@@ -125,3 +126,34 @@ def score_against_references(
         scores = head.pairwise(embeddings[:1], embeddings[1:])
     aggregated = aggregate_scores(scores)
     return float(aggregated["mean"][0]), float(aggregated["max"][0])
+
+
+def choose_reference_thresholds(
+    scores: dict[str, np.ndarray], trials: ReferenceTrials, rule: str = "eer"
+) -> dict[str, float]:
+    """Per-aggregate thresholds from genuine vs skilled-forgery trials (validation writers only).
+
+    Random forgeries are left out: the threshold is set on the hard case and applied to both.
+    """
+    mask = trials.of_kind("skilled")
+    return {
+        name: choose_threshold(values[mask], trials.labels[mask], rule)
+        for name, values in scores.items()
+    }
+
+
+def reference_report(
+    scores: dict[str, np.ndarray],
+    trials: ReferenceTrials,
+    thresholds: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per aggregate and forgery kind (skilled, random): AUC, EER and accuracy, FAR and
+    FRR at ``thresholds[aggregate]`` (each aggregate's own EER threshold when not given)."""
+    rows = []
+    for name, values in scores.items():
+        for kind in ("skilled", "random"):
+            mask = trials.of_kind(kind)
+            threshold = None if thresholds is None else thresholds[name]
+            report = verification_report(values[mask], trials.labels[mask], threshold)
+            rows.append({"aggregate": name, "forgery": kind, **report})
+    return rows
