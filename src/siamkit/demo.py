@@ -25,13 +25,18 @@ EPISODES = 1000
 DEMO_RECIPE: dict[str, Any] = {
     "seed": 0,
     "data": {"name": "digits", "params": {"size": 16}},
+    # Two conv blocks keep a 4x4 map: with six training digits, a deeper trunk collapses the
+    # unseen digits onto the seen ones (measured: 4 blocks 55%, 2 blocks 81% 4-way 1-shot).
     "encoder": {
         "name": "conv4",
-        "params": {"in_channels": 1, "input_size": 16, "channels": 32, "embedding_dim": 64},
+        "params": {"in_channels": 1, "input_size": 16, "channels": 32, "blocks": 2},
     },
-    "head": {"name": "euclidean"},
-    "loss": {"name": "contrastive", "params": {"margin": 2.0}},
-    "batches": {"batch_size": 64, "examples_per_epoch": 4096},
+    "head": {"name": "cosine"},
+    "loss": {
+        "name": "mined_triplet",
+        "params": {"margin": 0.2, "mining": "semi_hard", "distance": "cosine"},
+    },
+    "batches": {"batch_size": 60, "m_per_class": 10, "batches_per_epoch": 64},
     "training": {"optimizer": "adam", "lr": 0.002, "schedule": "cosine"},
     "evaluation": {"fewshot": [{"n_way": 4, "k_shot": 1, "episodes": EPISODES}]},
 }
@@ -50,7 +55,7 @@ class DemoSummary:
         """Rows of the printed table."""
         test = self.result.test
         return [
-            {"method": "siamese (Conv-4, contrastive)", "4-way 1-shot": _pct(self.siamese),
+            {"method": "siamese (Conv, mined triplets)", "4-way 1-shot": _pct(self.siamese),
              "EER": f"{100 * test['eer']:.2f}%", "accuracy @ val threshold":
              f"{100 * test['accuracy']:.2f}%", "ROC AUC": f"{test['auc']:.4f}"},
             {"method": "pixel nearest neighbour", "4-way 1-shot": _pct(self.baseline),
@@ -102,7 +107,7 @@ def report_markdown(summary: DemoSummary) -> str:
         f"({EPISODES} seeded 4-way 1-shot episodes, mean ± 95% CI; verification on balanced "
         "test pairs at the threshold chosen on validation pairs).\n\n"
         f"{table}\n"
-        f"Threshold: {summary.result.threshold:.4f} (score = minus Euclidean distance). "
+        f"Threshold: {summary.result.threshold:.4f} (score = cosine similarity). "
         f"Epochs: {len(history.epochs)}, best epoch {history.best_epoch}, training "
         f"{sum(e['seconds'] for e in history.epochs):.1f} s.\n\n"
         "![ROC](roc.png)\n\n![Scores](scores.png)\n\n"

@@ -105,3 +105,20 @@ def test_loading_never_unpickles(saved, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     siamkit.load(saved[1])
+
+
+def test_eval_command_on_a_class_folder(saved, tmp_path, capsys):
+    from siamkit.cli import main
+
+    rng = np.random.default_rng(1)
+    for c in range(3):
+        (tmp_path / "tree" / f"person{c}").mkdir(parents=True)
+        base = rng.integers(0, 255, (16, 16))
+        for i in range(4):
+            noisy = np.clip(base + rng.normal(0, 20, (16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(tmp_path / "tree" / f"person{c}" / f"{i}.png")
+    assert main(["eval", str(saved[1]), str(tmp_path / "tree")]) == 0
+    out = capsys.readouterr().out
+    assert "eer" in out and "3-way 1-shot" in out
+    assert main(["eval", str(saved[1]), str(tmp_path / "nothing")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
