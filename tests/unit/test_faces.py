@@ -19,9 +19,10 @@ from siamkit.evaluation.faces_eval import (
     face_metrics,
     is_att_faces,
     open_set,
-    threshold_at_far,
     verification_metrics,
 )
+from siamkit.gallery.calibration import threshold_at_far
+from siamkit.gallery.images import cosine_threshold
 from siamkit.heads import HEADS
 from siamkit.siamese import SiameseNetwork
 
@@ -98,19 +99,19 @@ def test_face_metrics_are_perfect_on_separable_people_and_poor_on_noise():
 
 
 def test_threshold_at_far_accepts_at_most_that_fraction():
-    impostors = np.linspace(0, 1, 200)
-    t = threshold_at_far(impostors, 0.01)
-    assert (impostors >= t).sum() == 2 and (impostors >= np.nextafter(t, -1)).sum() == 3
+    impostors = np.linspace(0, 1, 200, dtype=np.float32)  # scores as the gallery gives them
+    t = np.float32(threshold_at_far(impostors, 0.01))
+    assert (impostors >= t).sum() == 2 and (impostors >= np.nextafter(t, np.float32(-1))).sum() == 3
     assert (np.arange(10.0) >= threshold_at_far(np.arange(10.0), 0.01)).sum() == 0
 
 
-def tiny_model(path, dim=8, threshold=0.5):
+def tiny_model(path, dim=8, threshold=0.5, extra=None):
     torch.manual_seed(0)
     encoder = {"name": "conv4", "params": {"input_size": SIZE, "channels": 8,
                                            "embedding_dim": dim, "normalize": True}}  # fmt: skip
     net = SiameseNetwork(build_encoder(encoder), HEADS.build({"name": "cosine"})).eval()
     pre = {"name": "image", "params": {"size": SIZE, "mode": "L"}}
-    return siamkit.save_model(path, net, encoder, {"name": "cosine"}, pre, threshold)
+    return siamkit.save_model(path, net, encoder, {"name": "cosine"}, pre, threshold, extra)
 
 
 @pytest.mark.parametrize("backend", ["faces.gallery", "faces.db"])
@@ -171,3 +172,26 @@ def test_index_then_search_via_the_cli(tmp_path, capsys):
         top = search_files(siamkit.load(model), g, [faces / "s2/2.pgm"], k=3)[0]
     assert top[0].metadata == {"source": str(faces / "s2/2.pgm"), "label": "s2"}
     assert top[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gallery_threshold_is_calibrated_on_the_validation_people(tmp_path, capsys):
+    root = write_faces(tmp_path / "att", people=8, images=3)
+    params = {"size": SIZE, "test_people": 2, "val_people": 3}
+    recipe = {"data": {"name": "att_faces", "params": params}, "data_dir": str(root)}
+    model = tiny_model(tmp_path / "m", threshold=0.5, extra={"recipe": recipe})
+    assert cosine_threshold(siamkit.load(model)) == 0.5  # the pair threshold until calibrated
+    assert main(["gallery-threshold", str(model), "--far", "0.0"]) == 0
+    assert "of 27 impostor pairs of 3 validation people" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    t = cosine_threshold(siamkit.load(model))
+    # at FAR 0 no impostor pair of the validation people reaches it
+    from siamkit.evaluation.embedding import embed_all
+    from siamkit.gallery.calibration import impostor_cosines
+
+    val = build_dataset("att_faces", root, **params).val
+    scores = impostor_cosines(embed_all(siamkit.load(model).network, val.items), val.labels)
+    assert len(scores) == 27 and t > float(scores.max())
+    assert t == float(np.nextafter(scores.max(), np.float32(2)))
+    assert main(["gallery-threshold", str(tiny_model(tmp_path / "bare"))]) == 1
+    assert "no training recipe" in capsys.readouterr().err

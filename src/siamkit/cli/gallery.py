@@ -141,3 +141,20 @@ def search(
         for i, m in enumerate(matches)
     ]
     print_table(f"most similar to {image}", rows)
+
+
+@app.command("gallery-threshold")
+def gallery_threshold(
+    model: ModelArg,
+    far: Annotated[float, typer.Option(help="Impostor pairs to accept (fraction).")] = 0.01,
+    data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
+) -> None:
+    """Set MODEL's open-set threshold at FAR on its recipe's validation people (unseen in
+    training); `identify` then uses it to answer "unknown"."""
+    from siamkit.gallery.calibration import calibrate_model
+
+    found = calibrate_model(model, far=far, data_dir=data_dir)
+    console.print(
+        f"gallery threshold {found['cosine']:.4f} (cosine) accepts {100 * far:g}% of "
+        f"{found['pairs']} impostor pairs of {found['people']} validation people; saved in {model}"
+    )

@@ -28,6 +28,7 @@ from siamkit.evaluation.image_folder_eval import class_files
 from siamkit.evaluation.tasks import EVALUATORS, Report, register_evaluator
 from siamkit.evaluation.verification import equal_error_rate, tar_at_far
 from siamkit.gallery import Gallery, unit_vectors
+from siamkit.gallery.calibration import threshold_at_far
 from siamkit.gallery.faiss_store import FaissStore
 from siamkit.model import Model
 
@@ -75,13 +76,6 @@ def closed_set(
             ]
             hits[r].append(np.mean(found))
     return {f"rank{r}": float(np.mean(v)) for r, v in hits.items()}
-
-
-def threshold_at_far(impostor_scores: np.ndarray, far: float = FAR) -> float:
-    """The lowest threshold accepting at most ``far`` of the impostor scores (``score >= t``)."""
-    top = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
-    allowed = int(np.floor(far * len(top)))  # impostors that may be accepted
-    return float(np.nextafter(top[allowed], np.inf)) if allowed < len(top) else -np.inf
 
 
 def open_set(

@@ -1,9 +1,10 @@
 """A trained model and a gallery together: enroll, identify and search with image files.
 
-The gallery compares unit-length embeddings by cosine similarity. :func:`cosine_threshold` turns
-the model's calibrated threshold into that scale, so "unknown" means what the model's
-verification threshold means: a cosine head's threshold is used as it is; a euclidean head on
-L2-normalised embeddings converts ``-d`` to ``1 - d^2 / 2``.
+The gallery compares unit-length embeddings by cosine similarity. :func:`cosine_threshold` gives
+the threshold below which a probe is "unknown": the gallery threshold stored in the model folder
+by :func:`siamkit.gallery.calibration.calibrate_model` if there is one, else the model's pair
+threshold turned into a cosine (a cosine head's as it is; a euclidean head on L2-normalised
+embeddings converts ``-d`` to ``1 - d^2 / 2``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from rich.progress import Progress
 from siamkit.data.datasets import IMAGE_SUFFIXES
 from siamkit.errors import ConfigError, DataError
 from siamkit.gallery import Gallery, Identification, Match
+from siamkit.gallery.calibration import KEY
 from siamkit.model import Model
 
 
 def cosine_threshold(model: Model) -> float | None:
-    """The model's calibrated threshold as a cosine similarity (``None`` if it has none)."""
+    """The gallery threshold the model folder holds (see
+    :func:`siamkit.gallery.calibration.calibrate_model`), else the model's pair threshold as a
+    cosine similarity; ``None`` if it has neither."""
+    calibrated = model.config.extra.get(KEY)
+    if calibrated is not None:
+        return float(calibrated["cosine"])
     t = model.threshold
     if t is None:
         return None
