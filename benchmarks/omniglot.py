@@ -1,0 +1,382 @@
+"""Omniglot one-shot benchmark: pixel nearest neighbour and siamese recipes, on the 20 evaluation
+alphabets (never seen in training).
+
+For every method it reports Lake et al.'s official 400 trials (``all_runs.zip``, scored from the
+raw PNGs through the saved model folder, exactly as ``siamkit eval MODEL all_runs.zip`` does) and
+seeded random episodes within one alphabet and across alphabets (5/20-way, 1/5-shot, 1,000
+episodes each; 5-shot classes are represented by their mean embedding), with training time and
+training images/s. No test-time augmentation anywhere. It also profiles where a training step's
+time goes (batch assembly incl. augmentation, forward, backward + optimizer step).
+
+    .venv/bin/python benchmarks/omniglot.py --quick   # every recipe trained briefly (minutes)
+    .venv/bin/python benchmarks/omniglot.py           # the recipes as written in configs/
+
+Writes benchmarks/results/omniglot.md and omniglot.json (headline figures of the best method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import siamkit
+from siamkit.data.datasets import build_dataset
+from siamkit.data.episodes import sample_episodes
+from siamkit.data.labelled import LabelledData
+from siamkit.data.paths import dataset_dir
+from siamkit.data.transforms import build_preprocessor
+from siamkit.evaluation.embedding import embed_all
+from siamkit.evaluation.fewshot import episode_accuracy, mean_ci95
+from siamkit.evaluation.omniglot_runs import model_similarity, read_runs, score_runs
+from siamkit.heads import EuclideanHead, Head
+from siamkit.losses import build_loss
+from siamkit.recipe import build_batches, build_network, load_recipe, parse_recipe, run_recipe
+from siamkit.training import batch_loss, build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+console = Console()
+EPISODES = 1000
+EPISODE_SEED = 0
+# (key, within one alphabet?, n_way, k_shot)
+SETTINGS = [
+    (f"{where}_{n}way_{k}shot", where == "within", n, k)
+    for where in ("within", "across")
+    for n, k in ((20, 1), (5, 1), (20, 5), (5, 5))
+]
+REFERENCES = [  # published, not measured here
+    ("Koch et al. 2015, siamese convnet", {"official_20way_1shot": 0.920}),
+    ("people (Lake et al. 2015)", {"official_20way_1shot": 0.955}),
+    ("Bayesian Program Learning (Lake et al. 2015)", {"official_20way_1shot": 0.967}),
+    (
+        "Prototypical nets (Snell et al. 2017), Vinyals split",
+        {"across_20way_1shot": 0.960, "across_5way_1shot": 0.988},
+    ),
+]
+
+
+@dataclass
+class Method:
+    """A recipe in configs/ and how --quick shortens it."""
+
+    name: str
+    config: str
+    quick: dict[str, Any]
+
+
+METHODS = [
+    Method(
+        "siamese pairs, learned |h1-h2| + sigmoid head, BCE (Koch-style)",
+        "configs/omniglot-koch-bce.yaml",
+        {"training": {"epochs": 2}, "batches": {"examples_per_epoch": 6400}},
+    ),
+    Method(
+        "siamese pairs, contrastive loss",
+        "configs/omniglot-contrastive.yaml",
+        {"training": {"epochs": 2}, "batches": {"examples_per_epoch": 6400}},
+    ),
+    Method(
+        "online-mined triplets, batch-hard",
+        "configs/omniglot-batch-hard.yaml",
+        {"training": {"epochs": 2}, "batches": {"batches_per_epoch": 100}},
+    ),
+    Method(
+        "siamese pairs, in-batch ranking (N-pair / InfoNCE)",
+        "configs/omniglot-npair.yaml",
+        {"training": {"epochs": 2}, "batches": {"examples_per_epoch": 6400}},
+    ),
+]
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s values put in, recursively."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def episodes(
+    head: Head, embeddings: torch.Tensor, data: LabelledData, within: bool, n_way: int, k: int
+) -> tuple[float, float]:
+    """Mean accuracy and 95% CI over seeded episodes (the same episodes for every method)."""
+    groups = data.groups if within else None
+    eps = sample_episodes(data.labels, n_way, k, 1, EPISODES, EPISODE_SEED, groups=groups)
+    aggregate = "prototype" if k > 1 else "mean"
+    return mean_ci95(episode_accuracy(head, embeddings, eps, n_way, aggregate))
+
+
+def all_episodes(head: Head, embeddings: torch.Tensor, test: LabelledData) -> dict[str, float]:
+    """Every random-episode setting, as ``key`` and ``key_ci95``."""
+    out: dict[str, float] = {}
+    for key, within, n_way, k in SETTINGS:
+        out[key], out[f"{key}_ci95"] = episodes(head, embeddings, test, within, n_way, k)
+    return out
+
+
+def pixel_row(test: LabelledData, runs: list, size: int) -> dict[str, Any]:
+    """Nearest neighbour on raw pixels (Euclidean), same episodes and the official runs."""
+    pre = build_preprocessor(
+        {"name": "image", "params": {"size": [size, size], "mode": "L", "invert": True}}
+    )
+
+    def similarity(queries, references):
+        return -torch.cdist(pre(list(queries)).flatten(1), pre(list(references)).flatten(1))
+
+    official = score_runs(similarity, runs)
+    pixels = test.items.float().div(255).flatten(1)
+    row = {"method": f"pixel nearest neighbour ({size}x{size}, Euclidean)", "measured": True}
+    row.update(official_20way_1shot=official.mean, official_20way_1shot_ci95=official.ci95)
+    row.update(all_episodes(EuclideanHead(), pixels, test))
+    return row
+
+
+def images_per_epoch(recipe: Any, batches: Any, kind: str) -> int:
+    """Training images one epoch feeds through the encoder."""
+    per_example = {"pair": 2, "triplet": 3}.get(kind)
+    if per_example is None:  # class-balanced batches
+        return len(batches) * recipe.batches.batch_size
+    return per_example * recipe.batches.examples_per_epoch
+
+
+def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, float]:
+    """Milliseconds per training step spent assembling the batch (indexing, augmentation, uint8
+    -> float), in the forward pass + loss, and in backward + optimizer step."""
+    torch.manual_seed(recipe.seed)
+    network, _ = build_network(recipe)
+    loss = build_loss(recipe.loss, network)
+    batches = build_batches(recipe, loss, train)
+    optimizer = build_optimizer(
+        list(network.parameters()) + list(loss.parameters()), recipe.training
+    )
+    network.train()
+    batches.set_epoch(0)
+    times = {"batch_ms": 0.0, "forward_ms": 0.0, "backward_ms": 0.0}
+    source = iter(batches)
+    next(source)  # warm-up step excluded
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(source)
+        t1 = time.perf_counter()
+        value = batch_loss(network, loss, batch)
+        t2 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        t3 = time.perf_counter()
+        for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            times[key] += 1000 * dt / steps
+    total = sum(times.values())
+    images = images_per_epoch(recipe, batches, loss.kind) / len(batches)
+    return {**times, "images_per_step": images, "images_per_s": 1000 * images / total}
+
+
+def train_method(method: Method, quick: bool, out_root: Path) -> tuple[Any, dict[str, Any]]:
+    """Run the method's recipe; return the recipe and its timing record."""
+    recipe = load_recipe(ROOT / method.config)
+    if quick:
+        recipe = parse_recipe(merge(recipe.model_dump(mode="json"), method.quick), method.config)
+    out = out_root / Path(method.config).stem
+    started = time.perf_counter()
+    result = run_recipe(recipe, out)
+    wall = time.perf_counter() - started
+    train_s = sum(e["seconds"] for e in result.history.epochs)
+    network, _ = build_network(recipe)
+    loss = build_loss(recipe.loss, network)
+    splits = build_dataset(recipe.data.name, None, **recipe.data.params)
+    per_epoch = images_per_epoch(recipe, build_batches(recipe, loss, splits.train), loss.kind)
+    images = per_epoch * len(result.history.epochs)
+    return recipe, {
+        "config": method.config,
+        "model_dir": str(result.model_dir.relative_to(ROOT)),
+        "epochs": len(result.history.epochs),
+        "best_epoch": result.history.best_epoch,
+        "train_images": images,
+        "train_minutes": train_s / 60,
+        "train_images_per_s": images / train_s,
+        "recipe_wall_minutes": wall / 60,
+        "test_auc": result.test["auc"],
+    }
+
+
+def evaluate_model(model_dir: Path, test: LabelledData, runs: list) -> dict[str, float]:
+    """Official runs from the raw PNGs via the saved model, and the random episodes."""
+    model = siamkit.load(model_dir)
+    official = score_runs(model_similarity(model), runs)
+    embeddings = embed_all(model.network, test.items)
+    out = {"official_20way_1shot": official.mean, "official_20way_1shot_ci95": official.ci95}
+    out.update(all_episodes(model.network.head, embeddings, test))
+    return out
+
+
+def environment(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    return {
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": version("torch"),
+        "siamkit": version("siamkit"),
+        "episodes_per_setting": EPISODES,
+        "episode_seed": EPISODE_SEED,
+        "wall_minutes": seconds / 60,
+        "note": "2 CPU cores shared with other jobs while this ran: times are pessimistic",
+    }
+
+
+def pct(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        return "-"
+    ci = row.get(f"{key}_ci95")
+    return f"{100 * row[key]:.1f}" + ("" if ci is None else f" ± {100 * ci:.1f}")
+
+
+COLUMNS = [
+    ("official 20w1s", "official_20way_1shot"),
+    ("within 20w1s", "within_20way_1shot"),
+    ("within 5w1s", "within_5way_1shot"),
+    ("within 20w5s", "within_20way_5shot"),
+    ("within 5w5s", "within_5way_5shot"),
+    ("across 20w1s", "across_20way_1shot"),
+    ("across 5w1s", "across_5way_1shot"),
+    ("across 20w5s", "across_20way_5shot"),
+    ("across 5w5s", "across_5way_5shot"),
+]
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        cells = [row["method"] + ("" if row.get("measured") else " (published, not measured)")]
+        cells += [pct(row, key) for _, key in COLUMNS]
+        minutes = row.get("train_minutes")
+        cells.append("-" if minutes is None else f"{minutes:.1f}")
+        speed = row.get("train_images_per_s")
+        cells.append("-" if speed is None else f"{speed:.0f}")
+        out.append(cells)
+    return out
+
+
+HEADER = ["method", *(c for c, _ in COLUMNS), "train min", "train img/s"]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Omniglot one-shot accuracy (%) on the 20 evaluation alphabets")
+    for name in HEADER:
+        table.add_column(name)
+    for cells in table_rows(rows):
+        table.add_row(*cells)
+    console.print(table)
+
+
+def markdown(rows, profile, best, env) -> str:
+    lines = [
+        "# Omniglot one-shot learning",
+        "",
+        f"Mode: **{env['mode']}**. Command: `{env['command']}`  ",
+        f"Machine: {env['platform']}, {env['cpu_count']} CPUs (shared), torch {env['torch']}, "
+        f"{env['torch_threads']} thread(s). Wall time {env['wall_minutes']:.1f} min. "
+        f"{env['note']}.",
+        "",
+        "Accuracy (%) ± 95% CI on the 20 evaluation alphabets. *official*: Lake et al.'s 20 runs "
+        "(400 trials of 20-way within-alphabet 1-shot), from the raw PNGs through the saved model "
+        "folder (CI over the 20 runs). *within*/*across*: "
+        f"{env['episodes_per_setting']} seeded episodes per setting (seed "
+        f"{env['episode_seed']}), classes from one alphabet or from all; 1 query per class; "
+        "5-shot classes are represented by their mean embedding. No test-time augmentation.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    command = f"siamkit eval {best['model_dir']} ../shared/datasets/omniglot/all_runs.zip"
+    lines += [
+        "",
+        f"Best measured method: **{best['method']}** (`{best['config']}`), model folder "
+        f"`{best['model_dir']}`; its official figure comes back with `{command}`.",
+        "",
+    ]
+    lines += [
+        "## Where a training step's time goes",
+        "",
+        "Mean over profiled steps (ms); batch = indexing + per-item augmentation + uint8->float.",
+        "",
+        "| recipe | images/step | batch ms | forward ms | backward+step ms | images/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, p in profile.items():
+        lines.append(
+            f"| {name} | {p['images_per_step']:.0f} | {p['batch_ms']:.1f} | "
+            f"{p['forward_ms']:.1f} | {p['backward_ms']:.1f} | {p['images_per_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def headline(best: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    keys = ["official_20way_1shot", "within_20way_1shot", "within_5way_1shot",
+            "within_20way_5shot", "across_20way_1shot"]  # fmt: skip
+    out: dict[str, Any] = {"method": best["method"], "config": best["config"]}
+    for key in keys:
+        out[key], out[f"{key}_ci95"] = best[key], best[f"{key}_ci95"]
+    out["train_minutes"] = best["train_minutes"]
+    out["model_dir"] = best["model_dir"]
+    out["test_time_augmentation"] = False
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="train every recipe briefly")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "omniglot-bench")
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--methods", nargs="*", help="config stems to run (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    started = time.perf_counter()
+    folder = dataset_dir("omniglot")
+    runs = read_runs(folder / "all_runs.zip")
+    methods = [m for m in METHODS if not args.methods or Path(m.config).stem in args.methods]
+    profile, rows = {}, []
+    for method in methods:
+        recipe = load_recipe(ROOT / method.config)
+        splits = build_dataset(recipe.data.name, None, **recipe.data.params)
+        profile[Path(method.config).stem] = profile_steps(recipe, splits.train, args.profile_steps)
+        console.print(f"profile {method.config}: {profile[Path(method.config).stem]}")
+    size = int(load_recipe(ROOT / methods[0].config).data.params.get("size", 28))
+    test = build_dataset("omniglot", None, size=size).test
+    rows.append(pixel_row(test, runs, size))
+    for method in methods:
+        console.rule(method.name)
+        recipe, record = train_method(method, args.quick, args.runs)
+        row = {"method": method.name, "measured": True, **record}
+        row.update(evaluate_model(ROOT / record["model_dir"], test, runs))
+        rows.append(row)
+        console.print({k: v for k, v in row.items() if not k.endswith("_ci95")})
+    best = max(rows[1:], key=lambda r: r["official_20way_1shot"])
+    rows += [{"method": name, "measured": False, **values} for name, values in REFERENCES]
+    env = environment(args, time.perf_counter() - started)
+    print_table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "omniglot.md").write_text(markdown(rows, profile, best, env))
+    result = {**headline(best, env), "environment": env, "methods": rows, "profile": profile}
+    (args.out / "omniglot.json").write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {args.out / 'omniglot.md'} and {args.out / 'omniglot.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Omniglot end to end on the real zips: a short recipe run, then one-shot on unseen alphabets."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import dataset_or_skip
+
+pytestmark = pytest.mark.acceptance
+
+# configs/omniglot-batch-hard.yaml, shortened to about 1.5 minutes of training on 2 busy cores.
+RECIPE = {
+    "seed": 0,
+    "data": {"name": "omniglot", "params": {"size": 28, "rotations": True}},
+    "encoder": {"name": "conv4", "params": {"input_size": 28, "channels": 64, "normalize": True}},
+    "head": {"name": "euclidean"},
+    "loss": {"name": "mined_triplet", "params": {"margin": 0.2, "mining": "batch_hard"}},
+    "batches": {"batch_size": 128, "m_per_class": 2, "batches_per_epoch": 60},
+    "training": {"epochs": 2, "lr": 0.001, "schedule": "cosine"},
+    "evaluation": {
+        "val_pairs": 1000,
+        "test_pairs": 1000,
+        "plots": False,
+        "fewshot": [{"n_way": 5, "k_shot": 1, "episodes": 1000}],
+    },
+}
+
+
+def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_path, capsys):
+    from siamkit.cli import main
+
+    folder = dataset_or_skip("omniglot")
+    config = tmp_path / "omniglot.yaml"
+    config.write_text(yaml.safe_dump(RECIPE))
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    report = yaml.safe_load((out / "report.json").read_text())
+    five_way = report["fewshot"]["5-way 1-shot"]
+    assert five_way["episodes"] == 1000
+    assert five_way["mean"] >= 0.90, five_way
+    capsys.readouterr()
+    # the saved model reads Lake's raw PNGs with its own preprocessing: far above pixel matching
+    assert main(["eval", str(out / "model"), str(folder / "all_runs.zip")]) == 0
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if "400 trials" in ln)
+    accuracy = float(line.split("│")[2].split("±")[0])
+    assert accuracy >= 0.6, printed
