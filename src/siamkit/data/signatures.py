@@ -259,15 +259,18 @@ def signatures(
     seed: int = 0,
     size: Sequence[int] = (155, 220),
     canvas: Sequence[int] = (310, 440),
+    mean: float = 0.0,
+    std: float = 1.0,
 ) -> Splits:
     """The signature tree as writer-disjoint :class:`Splits` (fold ``fold`` of ``n_folds``).
 
-    Items are SigNet-preprocessed images; labels follow :func:`signature_classes`; ``groups``
+    Items are SigNet-preprocessed images (``size``, ``canvas``, ``mean``, ``std`` as in
+    :class:`SignaturePreprocess`); labels follow :func:`signature_classes`; ``groups``
     are writers (``group_names`` their ids).
     """
     data = read_signature_tree(dataset_dir("signatures", data_dir))
     split = writer_folds(data.writer_ids(), n_folds, n_val, seed)[fold]
-    preprocess = SignaturePreprocess(size, canvas)
+    preprocess = SignaturePreprocess(size, canvas, mean=mean, std=std)
     images = preprocess(data.paths)
     labels, classes = signature_classes(data)
     writers = data.writer_ids()

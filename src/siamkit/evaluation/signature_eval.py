@@ -59,9 +59,13 @@ class TrainedFold:
 
 
 def preprocess_of(recipe: TrainRecipe) -> SignaturePreprocess:
-    """The SigNet preprocessing named by the recipe's data params (``size``, ``canvas``)."""
+    """The SigNet preprocessing named by the recipe's data params (``size``, ``canvas``,
+    ``mean``, ``std``)."""
     params = recipe.data.params
-    return SignaturePreprocess(params.get("size", (155, 220)), params.get("canvas", (310, 440)))
+    return SignaturePreprocess(
+        params.get("size", (155, 220)), params.get("canvas", (310, 440)),
+        mean=params.get("mean", 0.0), std=params.get("std", 1.0),
+    )  # fmt: skip
 
 
 def embed_writers(
