@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import yaml
@@ -92,29 +92,41 @@ class TrainRecipe(_Strict):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
 
-def load_recipe(path: str | Path) -> TrainRecipe:
-    """Read and validate a recipe YAML; errors name the file and the offending field."""
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML file; a missing or malformed file raises ConfigError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: no such recipe file") from error
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    return parse_recipe(raw, str(path))
 
 
-def parse_recipe(raw: Any, source: str = "recipe") -> TrainRecipe:
-    """Validate a recipe given as a dict."""
+def parse_config(raw: Any, model: type[ConfigT], source: str) -> ConfigT:
+    """Validate ``raw`` as a ``model``; errors name ``source`` and each offending field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
     try:
-        return TrainRecipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         raise ConfigError(f"{source}: {problems}") from error
+
+
+def load_recipe(path: str | Path) -> TrainRecipe:
+    """Read and validate a recipe YAML; errors name the file and the offending field."""
+    return parse_config(read_yaml(path), TrainRecipe, str(path))
+
+
+def parse_recipe(raw: Any, source: str = "recipe") -> TrainRecipe:
+    """Validate a recipe given as a dict."""
+    return parse_config(raw, TrainRecipe, source)
 
 
 @dataclass
