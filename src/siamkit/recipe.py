@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from siamkit.checkpoint import atomic_write_text
+from siamkit.checkpoint import atomic_write_text, load_state, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
 from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData, Splits
@@ -72,6 +72,10 @@ class EvaluationSettings(_Strict):
     test_pairs: int = Field(5000, ge=2)
     monitor: Literal["auc", "eer_complement"] = "auc"
     threshold_rule: Literal["eer", "accuracy"] = "eer"
+    keep: Literal["best", "last"] = Field(
+        "best", description="weights to keep: the best validation epoch, or the last (when the "
+        "validation classes are too few to pick an epoch reliably)",
+    )  # fmt: skip
     fewshot: list[FewShotSettings] = Field(default_factory=list)
     plots: bool = True
 
@@ -212,6 +216,9 @@ def run_recipe(
         validate=_monitored(validate, evaluation.monitor), monitor=evaluation.monitor,
         resume=resume, show_progress=show_progress,
     )  # fmt: skip
+    if evaluation.keep == "last" and history.epochs:
+        state = out_dir / "checkpoint" / "state.safetensors"
+        load_weights(network, load_state(state.parent, "state")["model"], state)
     network.cpu().eval()
     val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
