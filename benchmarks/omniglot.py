@@ -68,6 +68,15 @@ REFERENCES = [  # published, not measured here
 ]
 
 
+# Koch et al.'s affine distortions (rotation, shear, scale, shift), applied per item.
+KOCH_AFFINE = {
+    "name": "RandomAffine",
+    "params": {"degrees": 10, "translate": [0.02, 0.02], "scale": [0.8, 1.2],
+               "shear": [-17, 17, -17, 17]},
+}  # fmt: skip
+PROFILED_OPS = 8
+
+
 @dataclass
 class Method:
     """A recipe in configs/ and how --quick shortens it."""
@@ -184,6 +193,55 @@ def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, flo
     return {**times, "images_per_step": images, "images_per_s": 1000 * images / total}
 
 
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (for copy-pasteable commands)."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def top_ops(recipe: Any, train: LabelledData, steps: int = 3) -> list[dict[str, Any]]:
+    """torch.profiler: the operators taking the most CPU time over a few training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(recipe.seed)
+    network, _ = build_network(recipe)
+    loss = build_loss(recipe.loss, network)
+    batches = build_batches(recipe, loss, train)
+    optimizer = build_optimizer(list(network.parameters()), recipe.training)
+    batches.set_epoch(0)
+    source = iter(batches)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            value = batch_loss(network, loss, next(source))
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:PROFILED_OPS]
+    ]
+
+
+def profile_all(methods: list[Method], steps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Step timings of every method (and the best one with per-item affine augmentation), and
+    the top operators of the batch-hard recipe."""
+    timings, ops = {}, []
+    for method in methods:
+        recipe = load_recipe(ROOT / method.config)
+        train = build_dataset(recipe.data.name, None, **recipe.data.params).train
+        stem = Path(method.config).stem
+        timings[stem] = profile_steps(recipe, train, steps)
+        console.print(f"profile {stem}: {timings[stem]}")
+        if stem == "omniglot-batch-hard":
+            raw = recipe.model_dump(mode="json")
+            augmented = parse_recipe({**raw, "augmentation": [KOCH_AFFINE]}, "augmented")
+            timings[stem + " + Koch affine"] = profile_steps(augmented, train, steps)
+            ops = top_ops(recipe, train)
+    return timings, ops
+
+
 def train_method(method: Method, quick: bool, out_root: Path) -> tuple[Any, dict[str, Any]]:
     """Run the method's recipe; return the recipe and its timing record."""
     recipe = load_recipe(ROOT / method.config)
@@ -201,7 +259,7 @@ def train_method(method: Method, quick: bool, out_root: Path) -> tuple[Any, dict
     images = per_epoch * len(result.history.epochs)
     return recipe, {
         "config": method.config,
-        "model_dir": str(result.model_dir.relative_to(ROOT)),
+        "model_dir": str(shown(result.model_dir)),
         "epochs": len(result.history.epochs),
         "best_epoch": result.history.best_epoch,
         "train_images": images,
@@ -263,6 +321,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     for row in rows:
         cells = [row["method"] + ("" if row.get("measured") else " (published, not measured)")]
         cells += [pct(row, key) for _, key in COLUMNS]
+        images = row.get("train_images")
+        cells.append("-" if images is None else f"{images / 1000:.0f}k")
         minutes = row.get("train_minutes")
         cells.append("-" if minutes is None else f"{minutes:.1f}")
         speed = row.get("train_images_per_s")
@@ -271,7 +331,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-HEADER = ["method", *(c for c, _ in COLUMNS), "train min", "train img/s"]
+HEADER = ["method", *(c for c, _ in COLUMNS), "train images", "train min", "train img/s"]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -283,7 +343,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def markdown(rows, profile, best, env) -> str:
+def markdown(rows, profile, ops, best, env) -> str:
     lines = [
         "# Omniglot one-shot learning",
         "",
@@ -302,7 +362,8 @@ def markdown(rows, profile, best, env) -> str:
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    for cells in table_rows(rows):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     command = f"siamkit eval {best['model_dir']} ../shared/datasets/omniglot/all_runs.zip"
     lines += [
         "",
@@ -323,6 +384,15 @@ def markdown(rows, profile, best, env) -> str:
             f"| {name} | {p['images_per_step']:.0f} | {p['batch_ms']:.1f} | "
             f"{p['forward_ms']:.1f} | {p['backward_ms']:.1f} | {p['images_per_s']:.0f} |"
         )
+    if ops:
+        lines += [
+            "",
+            "Operators with the most CPU time in 3 batch-hard training steps (torch.profiler):",
+            "",
+            "| operator | share of CPU time | calls |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {o['op']} | {100 * o['share']:.1f}% | {o['calls']} |" for o in ops]
     return "\n".join(lines) + "\n"
 
 
@@ -351,12 +421,8 @@ def main() -> None:
     folder = dataset_dir("omniglot")
     runs = read_runs(folder / "all_runs.zip")
     methods = [m for m in METHODS if not args.methods or Path(m.config).stem in args.methods]
-    profile, rows = {}, []
-    for method in methods:
-        recipe = load_recipe(ROOT / method.config)
-        splits = build_dataset(recipe.data.name, None, **recipe.data.params)
-        profile[Path(method.config).stem] = profile_steps(recipe, splits.train, args.profile_steps)
-        console.print(f"profile {method.config}: {profile[Path(method.config).stem]}")
+    profile, ops = profile_all(methods, args.profile_steps)
+    rows = []
     size = int(load_recipe(ROOT / methods[0].config).data.params.get("size", 28))
     test = build_dataset("omniglot", None, size=size).test
     rows.append(pixel_row(test, runs, size))
@@ -372,8 +438,14 @@ def main() -> None:
     env = environment(args, time.perf_counter() - started)
     print_table(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "omniglot.md").write_text(markdown(rows, profile, best, env))
-    result = {**headline(best, env), "environment": env, "methods": rows, "profile": profile}
+    (args.out / "omniglot.md").write_text(markdown(rows, profile, ops, best, env))
+    result = {
+        **headline(best, env),
+        "environment": env,
+        "methods": rows,
+        "profile": profile,
+        "profile_top_ops": ops,
+    }
     (args.out / "omniglot.json").write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.out / 'omniglot.md'} and {args.out / 'omniglot.json'}")
 
