@@ -100,6 +100,16 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
     }
 
 
+def describe(recipe: dict) -> str:
+    """One line: encoder, input size, loss and epochs of a recipe."""
+    enc, loss = recipe["encoder"], recipe["loss"]
+    size = "x".join(str(v) for v in recipe["data"]["params"].get("size", []))
+    return (
+        f"{enc['name']} {enc['params']} on {size} grey faces, {loss['name']} {loss['params']}, "
+        f"{recipe['training']['epochs']} epochs, weights kept: {recipe['evaluation']['keep']}"
+    )
+
+
 def pct(summary: dict[str, dict[str, float]], key: str) -> str:
     return f"{100 * summary[key]['mean']:.2f} ± {100 * summary[key]['std']:.2f}%"
 
@@ -123,7 +133,7 @@ def report(rows: list[dict], summary: dict, args: argparse.Namespace, env: dict,
         "folds": rows,
         "summary": summary,
         "settings": {**{k: str(v) for k, v in vars(args).items()}},
-        "recipe": load_recipe(args.config).model_dump(mode="json"),
+        "recipe": fold_recipe(args.config, args.folds[0], args.epochs).model_dump(mode="json"),
         "environment": env,
         "wall_s": round(wall, 1),
     }
@@ -138,8 +148,9 @@ def report(rows: list[dict], summary: dict, args: argparse.Namespace, env: dict,
         f"recipe seed {payload['recipe']['seed']}, evaluation seed = recipe seed.  \n"
         f"Wall time {wall / 60:.1f} min for {len(rows)} fold(s) (training + evaluation), on a "
         "2-core machine shared with other jobs: times are indicative.\n\n"
-        f"Recipe `{args.config}` ({'quick mode' if args.quick else 'as written'}): Conv-4 on "
-        "56x46 grey faces, online triplet mining on class-balanced batches, augmentation. Each "
+        f"Recipe `{args.config}` ({'quick mode' if args.quick else 'as written'}): "
+        f"{describe(payload['recipe'])}, "
+        "online triplet mining on class-balanced batches, augmentation. Each "
         "fold: 24 training, 4 validation (threshold), 12 test people. Verification over all "
         "pairs of the test people's images; identification through `siamkit.gallery` (FAISS), "
         f"{args.trials} random trials per fold: closed-set with 1 enrolled image per person, "
