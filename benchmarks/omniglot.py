@@ -36,6 +36,7 @@ import siamkit
 from siamkit.data.datasets import build_dataset
 from siamkit.data.episodes import sample_episodes
 from siamkit.data.labelled import LabelledData
+from siamkit.data.omniglot import KOCH_AFFINE
 from siamkit.data.paths import dataset_dir
 from siamkit.data.transforms import build_preprocessor
 from siamkit.evaluation.embedding import embed_all
@@ -68,12 +69,6 @@ REFERENCES = [  # published, not measured here
 ]
 
 
-# Koch et al.'s affine distortions (rotation, shear, scale, shift), applied per item.
-KOCH_AFFINE = {
-    "name": "RandomAffine",
-    "params": {"degrees": 10, "translate": [0.02, 0.02], "scale": [0.8, 1.2],
-               "shear": [-17, 17, -17, 17]},
-}  # fmt: skip
 PROFILED_OPS = 8
 
 

@@ -16,6 +16,7 @@ from siamkit.data.omniglot import (
     BACKGROUND_ZIP,
     EVALUATION_ZIP,
     carve_validation,
+    koch_affine,
     read_zip,
     rotate_classes,
 )
@@ -191,3 +192,11 @@ def test_eval_command_scores_a_saved_model_on_the_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     # test items are copies of their training images: any deterministic encoder gets them all
     assert "6 trials" in printed and "1.0000 ± 0.0000" in printed
+
+
+def test_koch_affine_distorts_uint8_items_in_place_of_shape(folder):
+    item = read_zip(folder / EVALUATION_ZIP, size=28).images[0]
+    torch.manual_seed(0)
+    out = koch_affine()(item)
+    assert out.shape == item.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, item)

@@ -16,6 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torchvision.transforms import v2
 from siamkit.data.datasets import DATASETS
 from siamkit.data.labelled import LabelledData, Splits
 from siamkit.data.paths import cache_dir, dataset_dir
+from siamkit.data.transforms import build_augmentation
 from siamkit.errors import ConfigError, DataError
 
 BACKGROUND_ZIP = "images_background.zip"
@@ -218,12 +220,20 @@ def preprocess_spec(size: int) -> dict[str, object]:
     return {"name": "image", "params": {"size": [size, size], "mode": "L", "invert": True}}
 
 
-def koch_affine() -> v2.RandomAffine:
-    """Koch et al.'s (2015) random affine distortions, at any image size.
+# Koch et al.'s (2015) random affine distortions as a recipe ``augmentation`` entry: rotation
+# +-10 degrees, shear +-0.3 rad (~17 degrees) along x and y, scale 0.8-1.2, and a shift of +-2 px
+# at 105 px (a fraction of the image, so the same entry works at 28 and 56 px).
+KOCH_AFFINE: dict[str, Any] = {
+    "name": "RandomAffine",
+    "params": {
+        "degrees": 10.0,
+        "translate": [2 / 105, 2 / 105],
+        "scale": [0.8, 1.2],
+        "shear": [-17.0, 17.0, -17.0, 17.0],
+    },
+}
 
-    Rotation +-10 degrees, shear +-0.3 rad (~17 degrees) along x and y, scale 0.8-1.2 and a
-    translation of +-2 px at 105 px (a fraction of the image, so it scales with the size).
-    """
-    return v2.RandomAffine(
-        degrees=10.0, translate=(2 / 105, 2 / 105), scale=(0.8, 1.2), shear=(-17, 17, -17, 17)
-    )
+
+def koch_affine() -> v2.Compose:
+    """The :data:`KOCH_AFFINE` distortions as a transform for one (1, S, S) image."""
+    return build_augmentation([KOCH_AFFINE])
