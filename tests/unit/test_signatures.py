@@ -183,6 +183,8 @@ def test_pair_labels_follow_signet(tree):
     n = len(writers)
     assert genuine.sum() == n * N_GENUINE * (N_GENUINE - 1) // 2
     assert skilled.sum() == n * N_GENUINE * N_FORGED
+    with pytest.raises(DataError, match="at least 2 writers"):
+        signature_pairs(data, WRITERS[:1])
 
 
 def test_pair_batches_mix_and_shapes(tree):

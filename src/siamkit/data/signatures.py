@@ -155,6 +155,10 @@ def signature_pairs(
     (label 0), and ``random_per_writer`` (default: as many as skilled) genuine-random forgery
     pairs with another of ``writers`` (label 0). ``max_per_kind`` subsamples each kind per writer.
     """
+    if len(set(writers)) < 2:
+        raise DataError(
+            f"SigNet pairs need at least 2 writers (for random forgeries), got {writers}"
+        )
     rng = np.random.default_rng(seed)
     others = {w: np.concatenate([data.genuine_of(v) for v in writers if v != w]) for w in writers}
     chunks: list[tuple[np.ndarray, str]] = []
