@@ -81,7 +81,12 @@ class Method:
     quick: dict[str, Any]
 
 
-METHODS = [
+METHODS = [  # the best recipe first
+    Method(
+        "online-mined triplets, batch-hard",
+        "configs/omniglot-batch-hard.yaml",
+        {"training": {"epochs": 2}, "batches": {"batches_per_epoch": 100}},
+    ),
     Method(
         "siamese pairs, learned |h1-h2| + sigmoid head, BCE (Koch-style)",
         "configs/omniglot-koch-bce.yaml",
@@ -91,11 +96,6 @@ METHODS = [
         "siamese pairs, contrastive loss",
         "configs/omniglot-contrastive.yaml",
         {"training": {"epochs": 2}, "batches": {"examples_per_epoch": 6400}},
-    ),
-    Method(
-        "online-mined triplets, batch-hard",
-        "configs/omniglot-batch-hard.yaml",
-        {"training": {"epochs": 2}, "batches": {"batches_per_epoch": 100}},
     ),
     Method(
         "siamese pairs, in-batch ranking (N-pair / InfoNCE)",
@@ -344,7 +344,8 @@ def markdown(rows, profile, ops, best, env) -> str:
         "",
         f"Mode: **{env['mode']}**. Command: `{env['command']}`  ",
         f"Machine: {env['platform']}, {env['cpu_count']} CPUs (shared), torch {env['torch']}, "
-        f"{env['torch_threads']} thread(s). Wall time {env['wall_minutes']:.1f} min. "
+        f"{env['torch_threads']} thread(s). Wall time {env['wall_minutes']:.1f} min; methods "
+        f"finished: {env['methods_finished']}. "
         f"{env['note']}.",
         "",
         "Accuracy (%) ± 95% CI on the 20 evaluation alphabets. *official*: Lake et al.'s 20 runs "
@@ -428,16 +429,26 @@ def main() -> None:
         row.update(evaluate_model(ROOT / record["model_dir"], test, runs))
         rows.append(row)
         console.print({k: v for k, v in row.items() if not k.endswith("_ci95")})
+        write_results(args, rows, profile, ops, started, len(methods))
+    print_table(with_references(rows))
+
+
+def with_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return rows + [{"method": name, "measured": False, **values} for name, values in REFERENCES]
+
+
+def write_results(args, rows, profile, ops, started: float, planned: int) -> None:
+    """Write the md and json for the methods finished so far (after each one, so a long run
+    that is stopped still leaves its finished rows)."""
     best = max(rows[1:], key=lambda r: r["official_20way_1shot"])
-    rows += [{"method": name, "measured": False, **values} for name, values in REFERENCES]
     env = environment(args, time.perf_counter() - started)
-    print_table(rows)
+    env["methods_finished"] = f"{len(rows) - 1} of {planned}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "omniglot.md").write_text(markdown(rows, profile, ops, best, env))
+    (args.out / "omniglot.md").write_text(markdown(with_references(rows), profile, ops, best, env))
     result = {
         **headline(best, env),
         "environment": env,
-        "methods": rows,
+        "methods": with_references(rows),
         "profile": profile,
         "profile_top_ops": ops,
     }
