@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -27,7 +29,7 @@ RECIPE = {
 }
 
 
-def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_path, capsys):
+def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_path):
     from siamkit.cli import main
 
     folder = dataset_or_skip("omniglot")
@@ -35,14 +37,16 @@ def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_pa
     config.write_text(yaml.safe_dump(RECIPE))
     out = tmp_path / "run"
     assert main(["train", str(config), "--out", str(out)]) == 0
-    report = yaml.safe_load((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     five_way = report["fewshot"]["5-way 1-shot"]
     assert five_way["episodes"] == 1000
     assert five_way["mean"] >= 0.90, five_way
-    capsys.readouterr()
     # the saved model reads Lake's raw PNGs with its own preprocessing: far above pixel matching
+    # (about 23% on these 400 trials)
+    import siamkit
+    from siamkit.evaluation.tasks import evaluate_path
+
+    official = evaluate_path(siamkit.load(out / "model"), folder / "all_runs.zip").rows[0]
+    assert official["trials"] == 400
+    assert float(official["accuracy"].split("±")[0]) >= 0.6, official
     assert main(["eval", str(out / "model"), str(folder / "all_runs.zip")]) == 0
-    printed = capsys.readouterr().out
-    line = next(ln for ln in printed.splitlines() if "400 trials" in ln)
-    accuracy = float(line.split("│")[2].split("±")[0])
-    assert accuracy >= 0.6, printed

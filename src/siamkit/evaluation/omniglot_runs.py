@@ -137,13 +137,13 @@ def evaluate_runs(model: Model, path: Path) -> Report:
     result = score_runs(model_similarity(model), runs)
     rows = [
         {
-            "protocol": f"Lake et al. official runs: {len(runs)} runs, {result.trials} trials "
-            "of 20-way within-alphabet 1-shot",
+            "runs": f"all {len(runs)} (20-way within-alphabet 1-shot)",
+            "trials": result.trials,
             "accuracy": f"{result.mean:.4f} ± {result.ci95:.4f}",
         }
     ]
     rows += [
-        {"protocol": run.name, "accuracy": f"{float(acc):.2f}"}
+        {"runs": run.name, "trials": len(run.test), "accuracy": f"{float(acc):.2f}"}
         for run, acc in zip(runs, result.run_accuracies, strict=True)
     ]
     notes = [
