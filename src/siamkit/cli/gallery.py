@@ -63,7 +63,8 @@ def identify(
             for i, c in enumerate(answer.candidates)]  # fmt: skip
     print_table(f"candidates for {image}", rows)
     decision = answer.identity if answer.identity is not None else "unknown"
-    console.print(f"identity: {decision} (score {answer.score:.4f}, threshold {t})")
+    shown = "none" if t is None else f"{t:.4f}"
+    console.print(f"identity: {decision} (score {answer.score:.4f}, threshold {shown})")
 
 
 @app.command()

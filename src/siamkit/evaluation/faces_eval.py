@@ -173,7 +173,8 @@ def evaluate_att_faces(model: Model, root: Path) -> Report:
         model.embed(data.items).numpy(), data.labels.numpy(), threshold=threshold
     )
     rows = [{"metric": k, "value": v} for k, v in metrics.items()]
-    notes.append(f"{len(data)} images; open-set threshold from the model: {threshold}")
+    shown = "none" if threshold is None else f"{threshold:.4f}"
+    notes.append(f"{len(data)} images; open-set threshold from the model: {shown}")
     return Report(f"AT&T faces: {root}", rows, notes)
 
 

@@ -23,8 +23,7 @@ from siamkit.gallery.store import Metadata, SearchResult, as_ids, as_matrix, che
 BATCH = 5_000  # rows per insert request
 MAX_K = 16_384  # Milvus' largest search limit
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Milvus Lite has no server-side iterator timestamp; pymilvus warns on every query_iterator.
-logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+ITERATOR_LOG = "pymilvus.client.iterator.query_iterator"
 
 
 class MilvusStore:
@@ -53,6 +52,9 @@ class MilvusStore:
             raise GalleryError(
                 f"gallery {uri} needs pymilvus: pip install 'siamkit[milvus]'"
             ) from error
+        # Milvus Lite has no server-side iterator timestamp and pymilvus warns on every
+        # query_iterator. Set after importing pymilvus: its logging config resets child loggers.
+        logging.getLogger(ITERATOR_LOG).setLevel(logging.ERROR)
         self.location = uri
         self.collection = collection
         self.index_type = index_type
