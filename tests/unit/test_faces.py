@@ -154,7 +154,7 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "not enrolled" in capsys.readouterr().err
 
 
-def test_index_then_search_via_the_cli(tmp_path, capsys):
+def test_index_then_search_via_the_cli(tmp_path, capsys, monkeypatch):
     faces = write_faces(tmp_path / "att", people=3, images=2)
     model, gallery = str(tiny_model(tmp_path / "m")), str(tmp_path / "images.gallery")
     assert main(["index", model, str(faces), "--gallery", gallery]) == 0
@@ -172,6 +172,9 @@ def test_index_then_search_via_the_cli(tmp_path, capsys):
         top = search_files(siamkit.load(model), g, [faces / "s2/2.pgm"], k=3)[0]
     assert top[0].metadata == {"source": str(faces / "s2/2.pgm"), "label": "s2"}
     assert top[0].score == pytest.approx(1.0, abs=1e-5)
+    monkeypatch.chdir(tmp_path / "m")  # without --gallery: ./<folder name>.gallery
+    assert main(["index", model, str(faces)]) == 0
+    assert (tmp_path / "m" / "att.gallery" / "items.sqlite").is_file()
 
 
 def test_gallery_threshold_is_calibrated_on_the_validation_people(tmp_path, capsys):

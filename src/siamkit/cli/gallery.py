@@ -97,7 +97,7 @@ def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     gallery: Annotated[
         str | None,
-        typer.Option(help="Gallery to add to (default: FOLDER's name + '.gallery' beside it)."),
+        typer.Option(help="Gallery to add to (default: ./<FOLDER's name>.gallery)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images embedded per batch.")] = 256,
 ) -> None:
@@ -107,7 +107,7 @@ def index(
     from siamkit.gallery.images import index_folder
 
     loaded = siamkit.load(model)
-    target = gallery or str(folder.resolve().with_name(folder.resolve().name + ".gallery"))
+    target = gallery or f"{folder.resolve().name}.gallery"  # data folders may be read-only
     with Gallery.open(target) as g:
         summary = index_folder(loaded, g, folder, batch_size=batch_size)
         total = len(g)
