@@ -188,10 +188,11 @@ def plot_curves(k5: dict[str, list[dict[str, Any]]], aggregate: str, folder: Pat
     ax_roc.plot([0, 1], [1, 0], ":", color="grey")
     ax_roc.set(xlabel="false accept rate", ylabel="true accept rate", xlim=(0, 1), ylim=(0, 1),
                title=f"ROC, K = 5 references ({aggregate}), unseen writers")  # fmt: skip
-    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5])
+    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.999])
     ax_det.set_xticks(norm.ppf(ticks), [f"{100 * t:g}%" for t in ticks])
     ax_det.set_yticks(norm.ppf(ticks), [f"{100 * t:g}%" for t in ticks])
-    ax_det.plot([-3.1, 0.5], [-3.1, 0.5], ":", color="grey")
+    ax_det.plot([-3.1, 3.1], [-3.1, 3.1], ":", color="grey")
+    ax_det.set(xlim=(-3.2, 3.2), ylim=(-3.2, 3.2))
     ax_det.set(xlabel="false accept rate (FAR)", ylabel="false reject rate (FRR)",
                title=f"DET, K = 5 references ({aggregate})")  # fmt: skip
     for ax in (ax_roc, ax_det):
