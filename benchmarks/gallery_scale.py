@@ -110,6 +110,10 @@ class Store:
     def search(self, query: np.ndarray, k: int) -> np.ndarray:
         return self.store.search(query, k).ids
 
+    def set_ef(self, ef: int) -> None:
+        """HNSW search breadth (a search-time setting: one build serves every value)."""
+        self.store.ef_search = ef
+
     def positions(self, ids: np.ndarray) -> np.ndarray:
         return np.vectorize(lambda i: self.position.get(int(i), -1))(ids)
 
@@ -119,11 +123,8 @@ class Store:
 
 
 def backends(args: argparse.Namespace) -> list:
-    hnsw = dict(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search)
-    milvus = dict(
-        index_params={"M": args.hnsw_m, "efConstruction": args.ef_construction},
-        ef_search=args.ef_search,
-    )
+    hnsw = dict(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
+    milvus = dict(index_params={"M": args.hnsw_m, "efConstruction": args.ef_construction})
     return [
         Numpy(),
         Store("FAISS flat (exact)", lambda f: FaissStore(f / "flat", index="flat")),
@@ -132,32 +133,63 @@ def backends(args: argparse.Namespace) -> list:
     ]
 
 
-def measure(backend, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int) -> dict:
+def query_all(backend, queries: np.ndarray, truth: np.ndarray, k: int, label: str) -> dict:
+    """Single-query latency percentiles and recall against exact search."""
+    found, latency = [], []
+    for q in track(queries, description=f"  {label}: queries", console=console):
+        start = time.perf_counter()
+        ids = backend.search(q[None, :], k)
+        latency.append(time.perf_counter() - start)
+        found.append(ids[0])
+    found = np.array(found)
+    if isinstance(backend, Store):
+        found = backend.positions(found)
+    ms = np.array(latency) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "recall_at_1": round(recall(found, truth, 1), 4),
+        "recall_at_10": round(recall(found, truth, 10), 4),
+    }
+
+
+def measure(
+    backend, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, efs: list[int]
+) -> list[dict]:
+    """Build once; query once (exact back-ends) or once per HNSW efSearch value."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         before = rss_mb()
         start = time.perf_counter()
         backend.build(base, Path(tmp))
         build = time.perf_counter() - start
         memory = rss_mb() - before
-        found, latency = [], []
-        for q in track(queries, description=f"  {backend.name}: queries", console=console):
-            start = time.perf_counter()
-            ids = backend.search(q[None, :], k)
-            latency.append(time.perf_counter() - start)
-            found.append(ids[0])
-        found = np.array(found)
-        if isinstance(backend, Store):
-            found = backend.positions(found)
+        rows = []
+        for ef in efs if "HNSW" in backend.name else [None]:
+            if ef is not None:
+                backend.set_ef(ef)
+            label = backend.name if ef is None else f"{backend.name} ef={ef}"
+            row = {"backend": label, "build_s": round(build, 2), "memory_mb": round(memory, 1)}
+            rows.append(row | query_all(backend, queries, truth, k, label))
         backend.close()
-    ms = np.array(latency) * 1000
+    return rows
+
+
+def hnsw_headline(rows: list[dict], size: int, min_recall: float = 0.99) -> dict:
+    """Exact p50 / FAISS HNSW p50 at ``size``: the fastest efSearch reaching ``min_recall`` at
+    recall@1, or (none does) the one of best recall."""
+    at = [r for r in rows if r["size"] == size]
+    exact = next(r for r in at if r["backend"] == "FAISS flat (exact)")
+    hnsw = [r for r in at if r["backend"].startswith("FAISS HNSW")]
+    good = [r for r in hnsw if r["recall_at_1"] >= min_recall]
+    pick = (
+        min(good, key=lambda r: r["p50_ms"]) if good else max(hnsw, key=lambda r: r["recall_at_1"])
+    )
+    tag = "1m" if size == 1_000_000 else str(size)
     return {
-        "backend": backend.name,
-        "build_s": round(build, 2),
-        "memory_mb": round(memory, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "recall_at_1": round(recall(found, truth, 1), 4),
-        "recall_at_10": round(recall(found, truth, 10), 4),
+        f"hnsw_speedup_{tag}": round(exact["p50_ms"] / pick["p50_ms"], 1),
+        f"hnsw_recall1_{tag}": pick["recall_at_1"],
+        "hnsw_setting": pick["backend"],
+        "target_met": bool(good) and exact["p50_ms"] / pick["p50_ms"] >= 20,
     }
 
 
@@ -197,7 +229,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--ef-search", type=int, default=128)
+    parser.add_argument(
+        "--ef-search", type=int, nargs="+", default=[128, 512], help="HNSW efSearch values"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -214,9 +248,10 @@ def main() -> None:
             if isinstance(backend, Store) and "Milvus" in backend.name and n > args.milvus_max:
                 console.print(f"  {backend.name}: skipped above {args.milvus_max:,} vectors")
                 continue
-            row = {"size": n, **measure(backend, base, queries, truth, 10)}
-            console.print(row)
-            rows.append(row)
+            for row in measure(backend, base, queries, truth, 10, args.ef_search):
+                row = {"size": n, **row}
+                console.print(row)
+                rows.append(row)
     table = Table(title="Gallery search: single-query latency, recall against exact search")
     for key in rows[0]:
         table.add_column(key, justify="right")
@@ -224,19 +259,8 @@ def main() -> None:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
     console.print(table)
 
-    def at(n: int, name: str) -> dict:
-        return next(r for r in rows if r["size"] == n and r["backend"] == name)
-
     largest = max(args.sizes)
-    exact, hnsw = at(largest, "FAISS flat (exact)"), at(largest, "FAISS HNSW")
-    headline = {
-        "hnsw_speedup_1m" if largest == 1_000_000 else f"hnsw_speedup_{largest}": round(
-            exact["p50_ms"] / hnsw["p50_ms"], 1
-        ),
-        "hnsw_recall1_1m" if largest == 1_000_000 else f"hnsw_recall1_{largest}": hnsw[
-            "recall_at_1"
-        ],
-    }
+    headline = hnsw_headline(rows, largest)
     skipped = any(n > args.milvus_max for n in args.sizes)
     settings = {k: v for k, v in vars(args).items() if k != "sizes"} | {"sizes": args.sizes}
     env = environment(args.seed)

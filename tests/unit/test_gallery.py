@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -117,7 +118,10 @@ def test_faiss_index_kind_is_automatic_and_overridable(tmp_path):
     reopened = FaissStore(tmp_path / "auto")
     assert reopened.index_kind == "hnsw" and len(reopened) == 110
     assert not np.isin(reopened.search(x[:10], k=3).ids, np.arange(10)).any()
+    reopened.ef_search = 300  # a search-time setting: applied live, saved with the store
+    assert faiss.downcast_index(reopened._index.index).hnsw.efSearch == 300
     reopened.close()
+    assert FaissStore(tmp_path / "auto").ef_search == 300
     assert FaissStore(tmp_path / "auto", index="flat").index_kind == "flat"
     assert FaissStore(tmp_path / "small", index="hnsw").index_kind == "none"
 

@@ -185,6 +185,22 @@ class FaissStore:
         return index
 
     @property
+    def ef_search(self) -> int:
+        """HNSW search breadth (higher: better recall, slower queries)."""
+        return int(self.settings["ef_search"])
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        """Change the search breadth of the live index and save it with the store."""
+        if int(value) < 1:
+            raise GalleryError(f"ef_search must be >= 1, got {value}")
+        with self._transaction():
+            self._set("ef_search", int(value))
+        self.settings["ef_search"] = int(value)
+        if self.index_kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = int(value)
+
+    @property
     def index_kind(self) -> str:
         """``"flat"``, ``"hnsw"``, or ``"none"`` before the first vectors."""
         if self._index is None:
