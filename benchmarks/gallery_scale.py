@@ -193,12 +193,12 @@ def hnsw_headline(rows: list[dict], size: int, min_recall: float = 0.99) -> dict
     }
 
 
-def write_results(topic: str, payload: dict, markdown: str) -> None:
-    """Save ``payload`` as results/<topic>.json and ``markdown`` as results/<topic>.md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{topic}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{topic}.md").write_text(markdown)
-    console.print(f"wrote {RESULTS / topic}.md and .json")
+def write_results(topic: str, payload: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """Save ``payload`` as <folder>/<topic>.json and ``markdown`` as <folder>/<topic>.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{topic}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{topic}.md").write_text(markdown)
+    console.print(f"wrote {folder / topic}.md and .json")
 
 
 def environment(seed: int, packages: list[str] | None = None, threads: int | None = None) -> dict:
@@ -234,6 +234,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument(
         "--milvus-max", type=int, default=10**9, help="skip Milvus Lite above this size"
     )
@@ -280,6 +281,7 @@ def main() -> None:
         + "\n\n"
         + markdown_table(rows)
         + f"\nHeadline: {json.dumps(headline)} (speedup = p50 exact / p50 HNSW per query).\n",
+        args.results,
     )
 
 
