@@ -89,6 +89,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def trainable_parameters(*modules: nn.Module) -> list[Tensor]:
+    """The parameters of ``modules``, each once (a loss may hold the network's head)."""
+    unique = {id(p): p for module in modules for p in module.parameters()}
+    return list(unique.values())
+
+
 def build_optimizer(params: Iterable[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
     """Adam, AdamW, RMSprop or SGD with momentum, from ``config``."""
     params = [p for p in params if p.requires_grad]
@@ -219,7 +225,7 @@ def fit(
     device = resolve_device(config.device)
     network.to(device)
     loss.to(device)
-    optimizer = build_optimizer(list(network.parameters()) + list(loss.parameters()), config)
+    optimizer = build_optimizer(trainable_parameters(network, loss), config)
     schedule = build_schedule(optimizer, config)
     history = History()
     start = 0

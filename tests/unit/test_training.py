@@ -73,3 +73,14 @@ def test_nan_inputs_stop_training_with_a_clear_error(blobs, tmp_path):
     blobs.items[0] = float("nan")
     with pytest.raises(DataError, match="NaN"):
         train(blobs, tmp_path, epochs=1)
+
+
+def test_a_loss_holding_the_head_does_not_duplicate_its_parameters():
+    from siamkit.training import trainable_parameters
+
+    encoder = build_encoder({"name": "mlp", "params": {"in_features": 8}})
+    net = SiameseNetwork(encoder, HEADS.build({"name": "learned", "params": {"embedding_dim": 64}}))
+    loss = build_loss({"name": "bce"}, net)
+    params = trainable_parameters(net, loss)
+    assert len(params) == len(list(net.parameters()))
+    assert {id(p) for p in params} == {id(p) for p in net.parameters()}
