@@ -1,0 +1,43 @@
+"""Acceptance on real STS-B data: briefly training the seeds' Siamese LSTM with siamkit
+(train-text recipe path, two epochs on STS-B train) raises dev Spearman over its start, and the
+saved model folder reproduces the trained model.
+
+(A brief MiniLM fine-tune was tried first: 800 pairs lowered dev Spearman 86.72 -> 86.55, and a
+full epoch, +1.1 in the benchmark, does not fit the 3-minute budget on 2 shared cores.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import siamkit
+from conftest import dataset_or_skip
+from siamkit.data.text import read_stsb
+from siamkit.text import evaluate_sts
+from siamkit.text.training import TextRecipe, build_text_encoder, run_text_recipe
+
+RECIPE = {
+    "seed": 0,
+    "data": "stsb",
+    "encoder": {"name": "text_rnn", "params": {"embedding_size": 300, "hidden_size": 300,
+                                               "max_length": 64}},
+    "loss": {"name": "cosent"},
+    "batch_size": 32,
+    "training": {"epochs": 2, "optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0},
+}  # fmt: skip
+
+
+@pytest.mark.acceptance
+def test_brief_training_improves_stsb_dev_spearman(tmp_path):
+    folder = dataset_or_skip("stsbenchmark")
+    recipe = TextRecipe.model_validate(RECIPE)
+    train, dev = read_stsb("train", folder), read_stsb("dev", folder)
+    torch.manual_seed(recipe.seed)  # the same initial weights run_text_recipe starts from
+    start = evaluate_sts(build_text_encoder(recipe, train), dev)["spearman"]
+    result = run_text_recipe(recipe, tmp_path / "run", data_dir=folder, show_progress=False)
+    tuned = max(e["spearman"] for e in result.history.epochs)
+    print(f"STS-B dev Spearman: start {start:.2f} -> after 2 epochs {tuned:.2f}")
+    assert tuned > start + 5
+    assert 50 < result.test["spearman"] <= 100
+    reloaded = evaluate_sts(siamkit.load(result.model_dir), dev)["spearman"]
+    assert reloaded == pytest.approx(tuned, abs=1e-3)
