@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -31,6 +30,7 @@ from siamkit.evaluation.verification import choose_threshold
 from siamkit.heads import CosineHead
 from siamkit.losses import build_loss
 from siamkit.model import save_model
+from siamkit.recipe import parse_config, read_yaml
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
 from siamkit.text.paraphrase import paraphrase_report
@@ -71,22 +71,7 @@ class TextRecipe(_Strict):
 
 def load_text_recipe(path: str | Path) -> TextRecipe:
     """Read and validate a text recipe YAML; errors name the file and the offending field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: no such recipe file") from error
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    try:
-        return TextRecipe.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from error
+    return parse_config(read_yaml(path), TextRecipe, str(path))
 
 
 def build_text_encoder(recipe: TextRecipe, train: TextPairs) -> nn.Module:
