@@ -34,7 +34,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "head": {"name": "cosine"},
     "loss": {
         "name": "mined_triplet",
-        "params": {"margin": 0.2, "mining": "semi_hard", "distance": "cosine"},
+        "params": {"margin": 0.1, "mining": "semi_hard", "distance": "cosine"},
     },
     "batches": {"batch_size": 60, "m_per_class": 10, "batches_per_epoch": 64},
     "training": {"optimizer": "adam", "lr": 0.002, "schedule": "cosine"},
@@ -67,7 +67,7 @@ def _pct(result: FewShotResult) -> str:
     return f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}%"
 
 
-def run_demo(out: str | Path, epochs: int = 8, show_progress: bool = True) -> DemoSummary:
+def run_demo(out: str | Path, epochs: int = 4, show_progress: bool = True) -> DemoSummary:
     """Run the demo into ``out`` and return its figures."""
     out = Path(out)
     recipe = parse_recipe(DEMO_RECIPE, "demo recipe")

@@ -16,7 +16,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report, plots and model.")] = Path(
         "runs/demo"
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 4,
 ) -> None:
     """Train on digits 0-5, then test one-shot and verification on the unseen digits 6-9."""
     from siamkit.demo import run_demo
