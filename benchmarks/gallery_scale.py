@@ -263,7 +263,7 @@ def main() -> None:
     largest = max(args.sizes)
     headline = hnsw_headline(rows, largest)
     skipped = any(n > args.milvus_max for n in args.sizes)
-    settings = {k: v for k, v in vars(args).items() if k != "sizes"} | {"sizes": args.sizes}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     env = environment(args.seed)
     write_results(
         "gallery_scale",
