@@ -54,6 +54,9 @@ class BatchSettings(_Strict):
     positive_fraction: float = Field(0.5, gt=0, lt=1)
     m_per_class: int = Field(4, ge=2)
     batches_per_epoch: int | None = Field(None, ge=1)
+    groups_per_batch: int | None = Field(
+        None, ge=1, description="draw each mined batch's classes from this many groups"
+    )
 
 
 class FewShotSettings(_Strict):
@@ -172,7 +175,7 @@ def build_batches(recipe: TrainRecipe, loss: nn.Module, train: LabelledData) -> 
     if kind == "labelled":
         return ClassBatches(
             train, settings.batch_size, settings.m_per_class, seed, augment,
-            settings.batches_per_epoch,
+            settings.batches_per_epoch, settings.groups_per_batch,
         )  # fmt: skip
     raise ConfigError(f"loss {recipe.loss.name!r} has unknown kind {kind!r}")
 
@@ -199,9 +202,7 @@ def run_recipe(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
-    splits = build_dataset(
-        recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params
-    )
+    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
     splits.train.require_nonempty("the training split")
     splits.val.require_nonempty("the validation split (needed to choose the threshold)")
     splits.test.require_nonempty("the test split")
@@ -270,4 +271,3 @@ def result_summary(result: RecipeResult) -> dict[str, Any]:
         "test_verification": result.test,
         "fewshot": {k: vars(v) for k, v in result.fewshot.items()},
     }
-

@@ -108,6 +108,30 @@ def test_triplet_and_class_batches_shapes(blobs):
         PairBatches(blobs.subset([]), 10)
 
 
+def test_grouped_class_batches_stay_within_few_groups_and_repeat_per_epoch():
+    labels = torch.arange(40).repeat_interleave(3)  # 40 classes of 3 items
+    groups = labels // 10  # 4 groups of 10 classes
+    data = LabelledData(torch.randn(len(labels), 2), labels, groups=groups)
+    source = ClassBatches(data, batch_size=12, m_per_class=3, groups_per_batch=1,
+                          batches_per_epoch=5)  # fmt: skip
+    first = [y for _, y in source]
+    for y in first:
+        assert len(y) == 12 and len((y // 10).unique()) == 1
+        assert (y.bincount()[y.unique()] == 3).all()
+    wide = ClassBatches(data, batch_size=36, m_per_class=3, groups_per_batch=1)
+    assert all(len((y // 10).unique()) == 2 for _, y in wide)  # 12 classes need a 2nd group
+    source.set_epoch(1)
+    second = [y for _, y in source]
+    source.set_epoch(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in source], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_grouped_class_batches_need_groups(blobs):
+    with pytest.raises(DataError, match="groups"):
+        ClassBatches(blobs, batch_size=12, m_per_class=3, groups_per_batch=1)
+
+
 def test_augmentation_from_names_applies_to_uint8_images():
     augment = build_augmentation([{"name": "RandomAffine", "params": {"degrees": 10}}])
     x = torch.randint(0, 255, (1, 28, 28), dtype=torch.uint8)

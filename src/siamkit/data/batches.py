@@ -104,8 +104,14 @@ class TripletBatches(_EpochSource):
 
 
 class ClassBatches(_EpochSource):
-    """Batches ``(x, labels)`` with ``m_per_class`` items of each of ``batch_size / m`` classes
-    (pytorch-metric-learning's MPerClassSampler), for online mining."""
+    """Batches ``(x, labels)`` with ``m_per_class`` items of each of ``batch_size / m`` classes,
+    for online mining.
+
+    By default classes are drawn from the whole set (pytorch-metric-learning's MPerClassSampler).
+    With ``groups_per_batch`` each batch takes its classes from that many random groups (e.g.
+    alphabets), so the negatives a miner finds are the look-alikes a within-group task must
+    tell apart; more groups join a batch when the chosen ones hold too few classes.
+    """
 
     def __init__(
         self,
@@ -115,6 +121,7 @@ class ClassBatches(_EpochSource):
         seed: int = 0,
         augment: Augment | None = None,
         batches_per_epoch: int | None = None,
+        groups_per_batch: int | None = None,
     ) -> None:
         super().__init__(data, batch_size, seed, augment)
         if batch_size % m_per_class:
@@ -127,7 +134,9 @@ class ClassBatches(_EpochSource):
                 f"batch_size {batch_size} needs {batch_size // m_per_class} classes of "
                 f"{m_per_class}; the training set has {n_classes} classes"
             )
-        self.m_per_class = m_per_class
+        if groups_per_batch is not None and data.groups is None:
+            raise DataError("groups_per_batch needs a dataset with groups (e.g. alphabets)")
+        self.m_per_class, self.groups_per_batch = m_per_class, groups_per_batch
         self.batches_per_epoch = batches_per_epoch or max(1, len(data) // batch_size)
 
     def __len__(self) -> int:
@@ -135,6 +144,14 @@ class ClassBatches(_EpochSource):
 
     def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
         torch.manual_seed(self._seed())  # MPerClassSampler draws from the global generator
+        if self.groups_per_batch is None:
+            batches = self._mixed_batches()
+        else:
+            batches = self._grouped_batches(torch.Generator().manual_seed(self._seed()))
+        for idx in batches:
+            yield self._take(idx), self.data.labels[idx]
+
+    def _mixed_batches(self) -> list[Tensor]:
         sampler = MPerClassSampler(
             self.data.labels,
             self.m_per_class,
@@ -142,6 +159,30 @@ class ClassBatches(_EpochSource):
             length_before_new_iter=self.batches_per_epoch * self.batch_size,
         )
         order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-        for s in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            idx = order[s : s + self.batch_size]
-            yield self._take(idx), self.data.labels[idx]
+        usable = len(order) - len(order) % self.batch_size
+        return list(order[:usable].split(self.batch_size))
+
+    def _grouped_batches(self, gen: torch.Generator) -> list[Tensor]:
+        labels, groups = self.data.labels, self.data.groups
+        classes = labels.unique()
+        class_group = torch.zeros(int(classes.max()) + 1, dtype=torch.long)
+        class_group[labels] = groups
+        members = {int(c): (labels == c).nonzero().flatten() for c in classes}
+        group_ids = groups.unique()
+        n_classes = self.batch_size // self.m_per_class
+        batches = []
+        for _ in range(self.batches_per_epoch):
+            order = group_ids[torch.randperm(len(group_ids), generator=gen)]
+            for taken in range(self.groups_per_batch, len(order) + 1):
+                pool = classes[torch.isin(class_group[classes], order[:taken])]
+                if len(pool) >= n_classes:
+                    break
+            chosen = pool[torch.randperm(len(pool), generator=gen)[:n_classes]]
+            batches.append(torch.cat([self._pick(members[int(c)], gen) for c in chosen]))
+        return batches
+
+    def _pick(self, items: Tensor, gen: torch.Generator) -> Tensor:
+        """``m_per_class`` of a class's items (without repeats when it has enough)."""
+        if len(items) >= self.m_per_class:
+            return items[torch.randperm(len(items), generator=gen)[: self.m_per_class]]
+        return items[torch.randint(len(items), (self.m_per_class,), generator=gen)]
