@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "index": "auto",
     "hnsw_threshold": 50_000,
     "hnsw_m": 32,
-    "ef_construction": 80,
+    "ef_construction": 200,
     "ef_search": 128,
 }
 CHUNK = 500  # ids per SQL "IN (...)" query

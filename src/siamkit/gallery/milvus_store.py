@@ -33,7 +33,7 @@ class MilvusStore:
         uri: Milvus Lite file (``*.db``) or server URI.
         collection: collection name.
         token: credentials for a server (``"user:password"`` or an API key), if it needs them.
-        index_type, index_params: the vector index (default HNSW, ``M=32``, ``efConstruction=80``).
+        index_type, index_params: the vector index (default HNSW, ``M=32``, ``efConstruction=200``).
         ef_search: HNSW search breadth (raised to ``k`` when a search asks for more).
     """
 
@@ -59,7 +59,7 @@ class MilvusStore:
         self.collection = collection
         self.index_type = index_type
         self.index_params = index_params or (
-            {"M": 32, "efConstruction": 80} if index_type == "HNSW" else {}
+            {"M": 32, "efConstruction": 200} if index_type == "HNSW" else {}
         )
         self.ef_search = ef_search
         try:
