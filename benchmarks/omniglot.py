@@ -279,7 +279,7 @@ def evaluate_model(model_dir: Path, test: LabelledData, runs: list) -> dict[str,
 def environment(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     return {
         "mode": "quick" if args.quick else "full",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": command_line(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -343,7 +343,10 @@ def markdown(rows, profile, ops, best, env) -> str:
     lines = [
         "# Omniglot one-shot learning",
         "",
-        f"Mode: **{env['mode']}**. Command: `{env['command']}`  ",
+        f"Mode: **{env['mode']}**. Commands (each row records the one that measured it; rows of "
+        "methods a run did not train are kept from the previous results file):",
+        *sorted({f"- `{r['command']}`" for r in rows if r.get("command")}),
+        "",
         f"Machine: {env['platform']}, {env['cpu_count']} CPUs (shared), torch {env['torch']}, "
         f"{env['torch_threads']} thread(s). Wall time {env['wall_minutes']:.1f} min; methods "
         f"finished: {env['methods_finished']}. "
@@ -423,28 +426,72 @@ def main() -> None:
     rows = []
     size = int(load_recipe(ROOT / methods[0].config).data.params.get("size", 28))
     test = build_dataset("omniglot", None, size=size).test
-    rows.append(pixel_row(test, runs, size))
-    for method in methods:
+    rows.append(pixel_row(test, runs, size) | {"command": command_line()})
+    earlier = previous_results(args)
+    if earlier is not None:
+        rows += kept_rows(earlier, methods)
+        profile, ops = {**earlier["profile"], **profile}, ops or earlier["profile_top_ops"]
+    for done, method in enumerate(methods, 1):
         console.rule(method.name)
         recipe, record = train_method(method, args.quick, args.runs)
-        row = {"method": method.name, "measured": True, **record}
+        row = {"method": method.name, "measured": True, "command": command_line(), **record}
         row.update(evaluate_model(ROOT / record["model_dir"], test, runs))
         rows.append(row)
+        rows.sort(key=table_position)
         console.print({k: v for k, v in row.items() if not k.endswith("_ci95")})
-        write_results(args, rows, profile, ops, started, len(methods))
+        write_results(args, rows, profile, ops, started, f"{done} of {len(methods)}")
     print_table(with_references(rows))
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+
+
+def previous_results(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The last results of the same mode, when ``--methods`` re-runs only some methods."""
+    path = args.out / "omniglot.json"
+    if not args.methods or not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    return (
+        earlier if earlier["environment"]["mode"] == ("quick" if args.quick else "full") else None
+    )
+
+
+def table_position(row: dict[str, Any]) -> int:
+    """Pixel baseline first, then the methods in METHODS order."""
+    configs = [m.config for m in METHODS]
+    return configs.index(row["config"]) if "config" in row else -1
+
+
+def kept_rows(earlier: dict[str, Any], rerun: list[Method]) -> list[dict[str, Any]]:
+    """Rows of the methods this run does not train, from the previous results (each keeps the
+    command that measured it), so that ``--methods`` re-runs some without losing the rest."""
+    skip = {m.config for m in rerun}
+    rows = []
+    for row in earlier["methods"]:
+        if not row.get("measured") or "config" not in row or row["config"] in skip:
+            continue
+        row.setdefault("command", earlier["environment"]["command"])
+        if "val_auc" not in row:  # older files: the best validation AUC from the run's history
+            history = json.loads(
+                (ROOT / row["model_dir"]).parent.joinpath("history.json").read_text()
+            )
+            row["val_auc"] = max(e.get("auc", 0.0) for e in history["epochs"])
+        rows.append(row)
+    return rows
 
 
 def with_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows + [{"method": name, "measured": False, **values} for name, values in REFERENCES]
 
 
-def write_results(args, rows, profile, ops, started: float, planned: int) -> None:
+def write_results(args, rows, profile, ops, started: float, finished: str) -> None:
     """Write the md and json for the methods finished so far (after each one, so a long run
     that is stopped still leaves its finished rows)."""
     best = max(rows[1:], key=lambda r: r["val_auc"])  # chosen on validation, not on test
     env = environment(args, time.perf_counter() - started)
-    env["methods_finished"] = f"{len(rows) - 1} of {planned}"
+    env["methods_finished"] = finished
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "omniglot.md").write_text(markdown(with_references(rows), profile, ops, best, env))
     result = {
