@@ -9,6 +9,7 @@ import torch
 from siamkit.data.labelled import LabelledData
 from siamkit.data.text import TextPairs
 from siamkit.encoders import build_encoder
+from siamkit.encoders.text import pretrained_words, wordpiece_vectors
 from siamkit.errors import DataError
 from siamkit.heads import CosineHead
 from siamkit.siamese import SiameseNetwork
@@ -23,6 +24,7 @@ from siamkit.text import (
     similarity,
 )
 from siamkit.text.classification import classify_embeddings, knn_vote
+from siamkit.text.paraphrase import choose_pair_threshold, threshold_report
 
 MUSIC = ["A man is playing a guitar.", "A woman plays the violin.", "A boy is playing drums."]
 FOOD = ["A woman is slicing an onion.", "A chef is cooking pasta.", "A man is peeling potatoes."]
@@ -107,3 +109,26 @@ def test_paraphrase_threshold_chosen_on_train_pairs(minilm):
     graded = TextPairs(train.a, train.b, [4.0, 5.0, 0.0, 1.0])
     with pytest.raises(DataError, match="0/1 labels"):
         paraphrase_threshold(minilm, graded)
+
+
+def test_threshold_rules_accuracy_versus_f1():
+    # cutting above the first pair is the most accurate; accepting every pair has the best F1
+    scores = [0.9, 0.2, 0.15, 0.3, 0.25, 0.18]
+    labels = [1, 1, 1, 0, 0, 0]
+    assert choose_pair_threshold(scores, labels, "accuracy") == 0.9
+    assert choose_pair_threshold(scores, labels, "f1") == pytest.approx(0.15)
+    assert threshold_report(scores, labels, 0.15) == {"threshold": 0.15, "accuracy": 0.5,
+                                                      "f1": pytest.approx(2 / 3)}  # fmt: skip
+    with pytest.raises(DataError, match="'accuracy' or 'f1'"):
+        choose_pair_threshold(scores, labels, "auc")  # type: ignore[arg-type]
+
+
+def test_pretrained_words_and_unit_scaled_wordpiece_vectors(minilm):
+    st = minilm.encoder.model
+    words = pretrained_words(st)
+    assert "guitar" in words and "the" in words
+    assert not any(w.startswith("##") for w in words)
+    assert "[CLS]" not in words and "[unused0]" not in words
+    vectors = wordpiece_vectors(["guitar", "strumming", "<unk>"], st)
+    assert set(vectors) == {"guitar", "strumming"}  # a word of several pieces gets their mean
+    assert 0.5 < float(torch.stack(list(vectors.values())).std()) < 2.0

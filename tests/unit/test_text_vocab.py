@@ -28,6 +28,9 @@ def test_vocabulary_build_frequency_order_and_limits():
     assert "onions" not in rare_cut.index and "man" in rare_cut.index
     small = Vocabulary.build(TEXTS, max_size=5)
     assert len(small) == 5 and small.words[:2] == [PAD, UNK]
+    extended = Vocabulary.build(TEXTS, extra_words=["zebra", "guitar", "zebra", "ox"])
+    assert extended.words[-2:] == ["zebra", "ox"]  # appended once, training words not repeated
+    assert extended.words[: len(Vocabulary.build(TEXTS))] == Vocabulary.build(TEXTS).words
 
 
 def test_unknown_words_and_empty_strings():
@@ -96,7 +99,12 @@ def test_labelled_and_pair_files(tmp_path):
 
 @pytest.mark.parametrize(
     ("cell", "bidirectional", "pooling", "dim"),
-    [("lstm", False, "mean", 6), ("gru", True, "last", 12), ("lstm", True, "mean", 12)],
+    [
+        ("lstm", False, "mean", 6),
+        ("gru", True, "last", 12),
+        ("lstm", True, "mean", 12),
+        ("lstm", True, "max", 12),
+    ],  # fmt: skip
 )
 def test_recurrent_encoder_shapes_and_padding_invariance(cell, bidirectional, pooling, dim):
     torch.manual_seed(0)
@@ -133,3 +141,15 @@ def test_init_embeddings_copies_matching_words_and_checks_size():
     assert encoder.embedding.weight[vocab.index["guitar"]].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ConfigError, match="embedding_size to 4"):
         encoder.init_embeddings({"guitar": torch.ones(4)})
+
+
+def test_max_pooling_ignores_padding_and_frozen_embeddings_get_no_gradient():
+    torch.manual_seed(0)
+    params = {"embedding_size": 4, "hidden_size": 3, "pooling": "max", "freeze_embeddings": True}
+    encoder = build_encoder({"name": "text_rnn", "params": params},
+                            vocabulary=Vocabulary.build(TEXTS))  # fmt: skip
+    ids, lengths = encoder.token_ids(["a man"])
+    steps, _ = encoder.rnn(encoder.embedding(ids))
+    torch.testing.assert_close(encoder(["a man"])[0], steps[0].max(0).values)
+    encoder(["a man", TEXTS[2]]).sum().backward()
+    assert encoder.embedding.weight.grad is None and encoder.rnn.weight_ih_l0.grad is not None

@@ -48,16 +48,23 @@ class Vocabulary:
 
     @classmethod
     def build(
-        cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None
+        cls,
+        texts: Iterable[str],
+        min_freq: int = 1,
+        max_size: int | None = None,
+        extra_words: Iterable[str] = (),
     ) -> Vocabulary:
         """Words seen at least ``min_freq`` times in ``texts``, most frequent first, at most
-        ``max_size`` entries in all (``<pad>`` and ``<unk>`` included)."""
+        ``max_size`` entries in all (``<pad>`` and ``<unk>`` included), then the
+        ``extra_words`` not already in (e.g. the words a pre-trained model has vectors for)."""
         counts = Counter(token for text in texts for token in tokenize(text))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         kept = [word for word, count in ranked if count >= min_freq]
         if max_size is not None:
             kept = kept[: max(max_size - 2, 0)]
-        return cls([PAD, UNK, *kept])
+        seen = {PAD, UNK, *kept}
+        extra = [w for w in dict.fromkeys(extra_words) if w not in seen]
+        return cls([PAD, UNK, *kept, *extra])
 
     def __len__(self) -> int:
         return len(self.words)
@@ -111,9 +118,10 @@ def pad_batch(
 
 
 class RecurrentTextEncoder(Encoder):
-    """Embedding -> LSTM/GRU over packed sequences -> mean or last-state pooling -> (B, D).
+    """Embedding -> LSTM/GRU over packed sequences -> mean, max or last-state pooling -> (B, D).
 
     ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional).
+    ``freeze_embeddings`` keeps the embedding table fixed (for pre-trained vectors).
     """
 
     input_ndim = 1
@@ -126,15 +134,16 @@ class RecurrentTextEncoder(Encoder):
         num_layers: int = 1,
         cell: Literal["lstm", "gru"] = "lstm",
         bidirectional: bool = False,
-        pooling: Literal["mean", "last"] = "mean",
+        pooling: Literal["mean", "max", "last"] = "mean",
         dropout: float = 0.0,
         max_length: int = 128,
+        freeze_embeddings: bool = False,
         normalize: bool = False,
     ) -> None:
         super().__init__(normalize=normalize)
-        if cell not in ("lstm", "gru") or pooling not in ("mean", "last"):
+        if cell not in ("lstm", "gru") or pooling not in ("mean", "max", "last"):
             raise ConfigError(
-                f"text encoder: expected cell lstm|gru and pooling mean|last, got {cell!r}, "
+                f"text encoder: expected cell lstm|gru and pooling mean|max|last, got {cell!r}, "
                 f"{pooling!r}"
             )
         self.vocabulary = vocabulary
@@ -143,6 +152,7 @@ class RecurrentTextEncoder(Encoder):
         self.embedding = nn.Embedding(
             len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id
         )
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(
             embedding_size,
@@ -177,7 +187,9 @@ class RecurrentTextEncoder(Encoder):
             directions = 2 if self.rnn.bidirectional else 1
             return torch.cat(list(hidden[-directions:]), dim=1)
         padded, _ = pad_packed_sequence(output, batch_first=True)
-        mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded)
+        mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded.device)
+        if self.pooling == "max":
+            return padded.masked_fill(~mask[..., None], float("-inf")).max(1).values
         return (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
 
     def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
@@ -220,14 +232,30 @@ def text_rnn(
     return RecurrentTextEncoder(vocabulary, **params)  # type: ignore[arg-type]
 
 
-def wordpiece_vectors(words: Iterable[str], model: str | Path | None = None) -> dict[str, Tensor]:
-    """Offline pre-trained vectors for ``words``: the mean of a sentence-transformer's input token
-    embeddings over each word's word pieces (default model: the bundled all-MiniLM-L6-v2)."""
+def pretrained_model(model: object = None):
+    """``model`` if it is a loaded ``SentenceTransformer``, else the one it names (offline)."""
     from siamkit.encoders.transformer import load_sentence_transformer
 
-    st = load_sentence_transformer(model)
+    return model if hasattr(model, "tokenizer") else load_sentence_transformer(model)  # type: ignore[arg-type]
+
+
+def pretrained_words(model: object = None) -> list[str]:
+    """The whole words of a sentence-transformer's word-piece vocabulary that :func:`tokenize`
+    keeps as one token (no ``##`` continuations, no ``[CLS]``-style markers), in its order."""
+    vocab = pretrained_model(model).tokenizer.get_vocab()
+    ranked = sorted(vocab, key=vocab.__getitem__)
+    return [w for w in ranked if not w.startswith("##") and tokenize(w) == [w]]
+
+
+def wordpiece_vectors(words: Iterable[str], model: object = None) -> dict[str, Tensor]:
+    """Offline pre-trained vectors for ``words``: the mean of a sentence-transformer's input token
+    embeddings over each word's word pieces (``model``: a loaded ``SentenceTransformer``, or a
+    name or folder; default the bundled all-MiniLM-L6-v2). The table is scaled to unit standard
+    deviation: BERT's is ~0.05, far below the N(0, 1) of the rest of an ``nn.Embedding``."""
+    st = pretrained_model(model)
     tokenizer = st.tokenizer
     table = st[0].auto_model.get_input_embeddings().weight.detach()
+    table = table / table.std()  # unit scale, like nn.Embedding's N(0, 1) initialisation
     vectors = {}
     for word in words:
         pieces = tokenizer(word, add_special_tokens=False)["input_ids"]

@@ -1,9 +1,13 @@
 """Paraphrase / duplicate detection: ``cosine >= threshold``, the threshold chosen on training
-pairs (highest accuracy there), then accuracy and F1 of the paraphrase class on test pairs."""
+pairs (highest accuracy, or highest F1 of the paraphrase class, there), then accuracy and F1 of
+the paraphrase class on test pairs."""
 
 from __future__ import annotations
 
-from sklearn.metrics import accuracy_score, f1_score
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_curve
 
 from siamkit.data.text import TextPairs
 from siamkit.errors import DataError
@@ -18,17 +22,46 @@ def check_binary(pairs: TextPairs, what: str) -> None:
         raise DataError(f"{what}: expected 0/1 labels with both classes present, got {values}")
 
 
-def paraphrase_threshold(model: TextModel, train: TextPairs) -> float:
-    """The cosine threshold with the highest accuracy on labelled ``train`` pairs."""
+ThresholdRule = Literal["accuracy", "f1"]
+
+
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold on ``scores`` (``score >= t`` is positive) with the highest F1 of class 1."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    denominator = np.maximum(precision + recall, 1e-12)
+    f1 = 2 * precision * recall / denominator
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def choose_pair_threshold(scores: Any, labels: Any, rule: ThresholdRule = "accuracy") -> float:
+    """The cosine threshold with the highest accuracy (``rule="accuracy"``) or the highest F1 of
+    the "same" class (``rule="f1"``) on these labelled pairs."""
+    if rule == "f1":
+        return f1_threshold(np.asarray(scores), np.asarray(labels))
+    if rule == "accuracy":
+        return choose_threshold(scores, labels, "accuracy")
+    raise DataError(f"threshold rule: expected 'accuracy' or 'f1', got {rule!r}")
+
+
+def paraphrase_threshold(
+    model: TextModel, train: TextPairs, rule: ThresholdRule = "accuracy"
+) -> float:
+    """The cosine threshold with the highest accuracy (or F1, ``rule="f1"``) on labelled
+    ``train`` pairs."""
     check_binary(train, "threshold pairs")
-    return choose_threshold(similarity(model, train.a, train.b), train.scores, "accuracy")
+    return choose_pair_threshold(similarity(model, train.a, train.b), train.scores, rule)
 
 
 def paraphrase_report(model: TextModel, test: TextPairs, threshold: float) -> dict[str, float]:
     """Accuracy and F1 (paraphrase class) of ``cosine >= threshold`` on labelled ``test`` pairs."""
     check_binary(test, "test pairs")
-    predicted = (similarity(model, test.a, test.b) >= threshold).int().numpy()
-    gold = test.scores.int().numpy()
+    return threshold_report(similarity(model, test.a, test.b), test.scores, threshold)
+
+
+def threshold_report(scores: Any, labels: Any, threshold: float) -> dict[str, float]:
+    """Accuracy and F1 (class 1) of ``scores >= threshold`` against 0/1 ``labels``."""
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    gold = np.asarray(labels).astype(int)
     return {
         "threshold": float(threshold),
         "accuracy": float(accuracy_score(gold, predicted)),

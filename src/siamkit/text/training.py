@@ -24,16 +24,20 @@ from torch import nn
 from siamkit.checkpoint import atomic_write_text
 from siamkit.data.text import TextPairBatches, TextPairs, TextSplits, read_text_splits
 from siamkit.encoders import build_encoder
-from siamkit.encoders.text import Vocabulary, wordpiece_vectors
+from siamkit.encoders.text import (
+    Vocabulary,
+    pretrained_model,
+    pretrained_words,
+    wordpiece_vectors,
+)
 from siamkit.errors import ConfigError
-from siamkit.evaluation.verification import choose_threshold
 from siamkit.heads import CosineHead
 from siamkit.losses import build_loss
 from siamkit.model import save_model
 from siamkit.recipe import parse_config, read_yaml
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
-from siamkit.text.paraphrase import paraphrase_report
+from siamkit.text.paraphrase import ThresholdRule, choose_pair_threshold, paraphrase_report
 from siamkit.text.similarity import evaluate_sts, similarity
 from siamkit.text_losses import ScoredPairLoss, binarize
 from siamkit.training import History, TrainConfig, fit
@@ -48,6 +52,11 @@ class VocabularySettings(_Strict):
 
     min_freq: int = Field(1, ge=1)
     max_size: int | None = Field(None, ge=3)
+    pretrained_words: bool = Field(
+        False,
+        description="also add the whole words of the init_embeddings model's word-piece "
+        "vocabulary, so words unseen in training keep their pre-trained vector",
+    )
 
 
 class TextRecipe(_Strict):
@@ -66,6 +75,9 @@ class TextRecipe(_Strict):
     train_pairs: int | None = Field(
         None, ge=2, description="train on a seeded subset of this many pairs (quick runs)"
     )
+    threshold_rule: ThresholdRule = Field(
+        "accuracy", description="the decision threshold maximises accuracy or F1 of 'same'"
+    )
     training: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -82,11 +94,14 @@ def build_text_encoder(recipe: TextRecipe, train: TextPairs) -> nn.Module:
             raise ConfigError("init_embeddings applies to the text_rnn encoder only")
         return build_encoder(recipe.encoder)
     settings = recipe.vocabulary
-    vocabulary = Vocabulary.build(train.texts(), settings.min_freq, settings.max_size)
+    if settings.pretrained_words and not recipe.init_embeddings:
+        raise ConfigError("vocabulary.pretrained_words needs init_embeddings (the model to take)")
+    pretrained = pretrained_model(recipe.init_embeddings) if recipe.init_embeddings else None
+    extra = pretrained_words(pretrained) if settings.pretrained_words else ()
+    vocabulary = Vocabulary.build(train.texts(), settings.min_freq, settings.max_size, extra)
     encoder = build_encoder(recipe.encoder, vocabulary=vocabulary)
-    if recipe.init_embeddings:
-        vectors = wordpiece_vectors(vocabulary.words, recipe.init_embeddings)
-        encoder.init_embeddings(vectors)
+    if pretrained is not None:
+        encoder.init_embeddings(wordpiece_vectors(vocabulary.words, pretrained))
     return encoder
 
 
@@ -125,12 +140,14 @@ def pair_validator(splits: TextSplits):
     return auc
 
 
-def decision_threshold(network: SiameseNetwork, splits: TextSplits) -> float:
-    """The accuracy-maximising cosine threshold for "same": on the train pairs for 0/1 data
-    (MRPC), on the dev pairs binarised at ``label_threshold`` for scored data (STS-B)."""
+def decision_threshold(
+    network: SiameseNetwork, splits: TextSplits, rule: ThresholdRule = "accuracy"
+) -> float:
+    """The accuracy- (or F1-) maximising cosine threshold for "same": on the train pairs for 0/1
+    data (MRPC), on the dev pairs binarised at ``label_threshold`` for scored data (STS-B)."""
     pairs = splits.train if splits.max_score <= 1 else splits.val
     labels = binarize(pairs.scores, splits.label_threshold)
-    return choose_threshold(similarity(network, pairs.a, pairs.b), labels, "accuracy")
+    return choose_pair_threshold(similarity(network, pairs.a, pairs.b), labels, rule)
 
 
 @dataclass
@@ -173,7 +190,7 @@ def run_text_recipe(
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
     network.cpu().eval()
-    threshold = decision_threshold(network, splits)
+    threshold = decision_threshold(network, splits, recipe.threshold_rule)
     if splits.max_score > 1:
         test = evaluate_sts(network, splits.test)
     else:
