@@ -39,6 +39,7 @@ from siamkit.encoders import build_encoder  # noqa: E402
 from siamkit.evaluation.signature_eval import (  # noqa: E402
     KS,
     calibrate,
+    choose_normalisation,
     evaluate_writers,
     preprocess_of,
     save_signature_model,
@@ -95,15 +96,22 @@ def run_fold(
     console.print(f"[bold]{name}[/] fold {fold}: {len(split.train)} train, "
                   f"{len(split.val)} val, {len(split.test)} test writers")  # fmt: skip
     trained = train_fold(recipe, data, images, split, out / name / f"fold{fold}")
-    thresholds = calibrate(trained.network, images, data, split.val, KS, recipe.seed)
-    val_rows, _ = evaluate_writers(trained.network, images, data, split.val, None, (5,))
-    rows, scored = evaluate_writers(trained.network, images, data, split.test, thresholds)
+    network = trained.network
+    normalisation, norm_eers = choose_normalisation(network, images, data, split.val)
+    thresholds = calibrate(network, images, data, split.val, KS, recipe.seed, normalisation)
+    val_rows, _ = evaluate_writers(network, images, data, split.val, None, (5,),
+                                   normalisation=normalisation)  # fmt: skip
+    rows, scored = evaluate_writers(network, images, data, split.test, thresholds,
+                                    normalisation=normalisation)  # fmt: skip
     if fold == 0:
-        save_signature_model(out / name / "model", trained, recipe, thresholds, split)
+        save_signature_model(out / name / "model", trained, recipe, thresholds, split,
+                             normalisation)  # fmt: skip
     trials, scores = scored[5]
     return {
         "rows": [{"model": name, "fold": fold, **row} for row in rows],
         "val_eer": {r["aggregate"]: r["eer"] for r in val_rows if r["forgery"] == "skilled"},
+        "normalisation": normalisation,
+        "val_eer_by_normalisation": norm_eers,
         "train_seconds": trained.seconds,
         "epochs_run": len(trained.history.epochs),
         "best_epoch": trained.history.best_epoch,
@@ -267,12 +275,19 @@ def markdown(report: dict[str, Any]) -> str:
             + " | ".join(pct(r[x], r[f"{x}_std"]) for x in METRICS)
             + " |"
         )
-    lines += ["", "## Training", "", "| model | parameters | fold | epochs run | best epoch | "
-              "train seconds |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "## Training", "", "Score normalisation (`none`, or `spread`: divided by the "
+              "mean distance between the K references) is chosen per fold by the validation "
+              "writers' K = 5 skilled EER (in brackets).", "",
+              "| model | parameters | fold | epochs run | best epoch | train seconds | "
+              "normalisation |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, info in report["models"].items():
         for f in info["folds"]:
+            eers = ", ".join(
+                f"{n} {100 * e:.1f}%" for n, e in f["val_eer_by_normalisation"].items()
+            )
             lines.append(f"| {name} | {info['parameters']:,} | {f['fold']} | {f['epochs_run']} | "
-                         f"{f['best_epoch']} | {f['train_seconds']:.0f} |")  # fmt: skip
+                         f"{f['best_epoch']} | {f['train_seconds']:.0f} | "
+                         f"{f['normalisation']} ({eers}) |")  # fmt: skip
     full = report.get("full_signet")
     if full:
         lines += [

@@ -15,6 +15,7 @@ from siamkit.data.signature_preprocess import SignaturePreprocess
 from siamkit.data.signatures import (
     SignaturePairBatches,
     read_signature_tree,
+    signature_labelled,
     signature_pairs,
     writer_folds,
 )
@@ -23,6 +24,7 @@ from siamkit.errors import DataError
 from siamkit.evaluation.reference_set import (
     aggregate_scores,
     choose_reference_thresholds,
+    normalised_aggregates,
     reference_trials,
     score_against_references,
     trial_scores,
@@ -201,6 +203,33 @@ def test_pair_batches_mix_and_shapes(tree):
         SignaturePairBatches(images[:3], data, WRITERS)
 
 
+def test_mined_batches_hold_writers_with_their_forgeries(tree):
+    from siamkit.evaluation.signature_eval import training_batches
+    from siamkit.losses import ContrastiveLoss, MinedTripletLoss
+    from siamkit.recipe import parse_recipe
+
+    data = read_signature_tree(tree)
+    images = torch.arange(len(data), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+    train = WRITERS[:4]
+    with pytest.raises(DataError, match="one image per signature"):
+        signature_labelled(images[:3], data)
+    recipe = parse_recipe({**RECIPE, "batches": {"batch_size": 8, "m_per_class": 2,
+                                                 "batches_per_epoch": 5}})  # fmt: skip
+    batches = training_batches(recipe, MinedTripletLoss(), data, images, train)
+    assert len(list(batches)) == len(batches) == 5
+    for x, labels in batches:
+        idx = x[:, 0, 0, 0].long().numpy()  # the image index each item came from
+        assert set(data.writers[idx]) <= set(train) and len(set(data.writers[idx])) == 2
+        for writer in set(data.writers[idx]):  # 2 writers: genuine and forged classes each
+            mine = data.writers[idx] == writer
+            assert data.forged[idx][mine].sum() == 2 and (~data.forged[idx][mine]).sum() == 2
+        # a forgery never shares its label with the genuine signatures it imitates
+        genuine, forged = labels[~torch.from_numpy(data.forged[idx])], labels[data.forged[idx]]
+        assert not set(genuine.tolist()) & set(forged.tolist())
+    pairs = training_batches(recipe, ContrastiveLoss(1.0), data, images, train)
+    assert isinstance(pairs, SignaturePairBatches)
+
+
 # --- reference-set scoring -------------------------------------------------------------------
 
 
@@ -211,6 +240,21 @@ def test_aggregate_k1_and_k3():
     assert three["mean"].item() == pytest.approx(-3.0) and three["max"].item() == -1.0
     with pytest.raises(DataError, match="K >= 1"):
         aggregate_scores(torch.zeros(2, 0))
+
+
+def test_spread_normalisation_divides_by_the_reference_spread():
+    head = EuclideanHead()
+    refs = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]])  # distances 3, 4, 5: mean 4
+    scores = torch.tensor([[-2.0, -4.0, -6.0]])
+    normalised = normalised_aggregates(head, scores, refs, "spread")
+    assert normalised["mean"].item() == pytest.approx(-1.0)
+    assert normalised["max"].item() == pytest.approx(-0.5)
+    # K = 1 has no spread: scores are left as they are
+    one = normalised_aggregates(head, scores[:, :1], refs[:, :1], "spread")
+    assert one["mean"].item() == one["max"].item() == -2.0
+    assert normalised_aggregates(head, scores, refs)["mean"].item() == pytest.approx(-4.0)
+    with pytest.raises(DataError, match="normalisation must be one of"):
+        normalised_aggregates(head, scores, refs, "zscore")
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -274,9 +318,9 @@ def model_dir(tree, tmp_path_factory) -> Path:
     split = writer_folds(data.writer_ids(), n_folds=2, n_val=1, seed=0)[0]
     out = tmp_path_factory.mktemp("run")
     fold = train_fold(recipe, data, images, split, out, show_progress=False)
-    thresholds = calibrate(fold.network, images, data, split.val, ks=(1, 3))
+    thresholds = calibrate(fold.network, images, data, split.val, ks=(1, 3), normalisation="spread")
     assert set(thresholds) == {1, 3} and set(thresholds[3]) == {"mean", "max"}
-    return save_signature_model(out / "model", fold, recipe, thresholds, split)
+    return save_signature_model(out / "model", fold, recipe, thresholds, split, "spread")
 
 
 def test_saved_model_carries_preprocessing_and_thresholds(model_dir, tree):
@@ -293,6 +337,11 @@ def test_saved_model_carries_preprocessing_and_thresholds(model_dir, tree):
     refs = [tree / "genuine" / WRITERS[0] / f"{WRITERS[0]}_0{i}.png" for i in (1, 2, 3)]
     mean, best = score_against_references(model, questioned, refs)
     assert best >= mean
+    assert extra["reference_normalisation"] == "spread"  # verify scores as calibrated
+    emb = model.embed([questioned, *refs])
+    raw = model.network.head.pairwise(emb[:1], emb[1:]).detach()
+    spread = torch.cdist(emb[1:], emb[1:]).sum() / 6  # 3 references: 6 ordered pairs
+    assert mean == pytest.approx(raw.mean().item() / spread.item(), rel=1e-4)
     with pytest.raises(DataError, match="at least one reference"):
         score_against_references(model, questioned, [])
 

@@ -254,6 +254,27 @@ def signature_classes(data: SignatureSet) -> tuple[np.ndarray, list[str]]:
     return np.array([index[n] for n in names]), classes
 
 
+def signature_labelled(
+    images: Tensor, data: SignatureSet, writers: Sequence[str] | None = None
+) -> LabelledData:
+    """Preprocessed ``images`` (one per signature of ``data``) as :class:`LabelledData` with the
+    labels of :func:`signature_classes` and writers as groups, restricted to ``writers`` if given.
+
+    With core :class:`~siamkit.data.batches.ClassBatches` and ``groups_per_batch``, each batch
+    then holds a few writers' genuine signatures *and* their skilled forgeries, so a batch-hard
+    miner finds a writer's forgeries as its hardest negatives.
+    """
+    if len(images) != len(data):
+        raise DataError(f"expected one image per signature ({len(data)}), got {len(images)}")
+    labels, classes = signature_classes(data)
+    names = data.writer_ids()
+    groups = np.array([names.index(w) for w in data.writers])
+    every = LabelledData(images, torch.from_numpy(labels), classes, torch.from_numpy(groups), names)
+    if writers is None:
+        return every
+    return every.subset(torch.from_numpy(np.flatnonzero(np.isin(data.writers, list(writers)))))
+
+
 @DATASETS.register("signatures")
 def signatures(
     data_dir: Path | None = None,
@@ -275,13 +296,7 @@ def signatures(
     data = read_signature_tree(dataset_dir("signatures", data_dir))
     split = writer_folds(data.writer_ids(), n_folds, n_val, seed)[fold]
     preprocess = SignaturePreprocess(size, canvas, mean=mean, std=std)
-    images = preprocess(data.paths)
-    labels, classes = signature_classes(data)
-    writers = data.writer_ids()
-    groups = np.array([writers.index(w) for w in data.writers])
-    every = LabelledData(
-        images, torch.from_numpy(labels), classes, torch.from_numpy(groups), writers
-    )
+    every = signature_labelled(preprocess(data.paths), data)
 
     def part(names: list[str]) -> LabelledData:
         return every.subset(torch.from_numpy(np.flatnonzero(np.isin(data.writers, names))))

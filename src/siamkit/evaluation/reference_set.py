@@ -5,6 +5,11 @@ Two aggregates of the K head scores (higher = more similar): ``mean`` (the mean 
 the mean distance for the euclidean head) and ``max`` (the best-matching reference, i.e. minus the
 minimum distance). Decisions are always ``score >= threshold``, with the threshold chosen on
 validation writers only.
+
+Optional ``spread`` normalisation (writer-dependent scaling inside a writer-independent model):
+each score is divided by the mean distance between two different references of the set, so a
+writer whose genuine signatures vary a lot is allowed a larger distance. It needs K >= 2 and a
+distance head (euclidean: score = -distance); with K = 1 scores are left as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from siamkit.errors import DataError
 from siamkit.evaluation.verification import choose_threshold, verification_report
 
 AGGREGATES = ("mean", "max")
+NORMALISATIONS = ("none", "spread")
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,50 @@ def aggregate_scores(scores: Tensor) -> dict[str, Tensor]:
     return {"mean": scores.mean(dim=1), "max": scores.max(dim=1).values}
 
 
-def trial_scores(head: Any, embeddings: Tensor, trials: ReferenceTrials) -> dict[str, np.ndarray]:
+def check_normalisation(normalisation: str) -> str:
+    """``normalisation`` if it is one of :data:`NORMALISATIONS`, else a clear error."""
+    if normalisation not in NORMALISATIONS:
+        raise DataError(
+            f"score normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
+        )
+    return normalisation
+
+
+def reference_spread(head: Any, refs: Tensor) -> Tensor:
+    """(T, K, D) reference embeddings, K >= 2 -> (T,): the mean distance (minus the head score)
+    between two different references of each set, floored at 1e-6."""
+    t, k, d = refs.shape
+    first = refs.repeat_interleave(k, dim=1).reshape(-1, d)
+    second = refs.repeat(1, k, 1).reshape(-1, d)
+    with torch.no_grad():
+        scores = head(first, second).view(t, k, k)
+    different = ~torch.eye(k, dtype=torch.bool)
+    return (-scores[:, different]).mean(dim=1).clamp_min(1e-6)
+
+
+def normalised_aggregates(
+    head: Any, scores: Tensor, refs: Tensor, normalisation: str = "none"
+) -> dict[str, Tensor]:
+    """Aggregate (T, K) head scores; with ``"spread"`` and K >= 2 divide them by
+    :func:`reference_spread` of the (T, K, D) references first."""
+    aggregated = aggregate_scores(scores)
+    if check_normalisation(normalisation) == "none" or refs.shape[1] < 2:
+        return aggregated
+    spread = reference_spread(head, refs)
+    return {name: values / spread for name, values in aggregated.items()}
+
+
+def trial_scores(
+    head: Any, embeddings: Tensor, trials: ReferenceTrials, normalisation: str = "none"
+) -> dict[str, np.ndarray]:
     """Score every trial from precomputed ``embeddings`` (one row per image) with ``head``."""
     t, k = trials.references.shape
     refs = embeddings[torch.from_numpy(trials.references.reshape(-1))]
     questioned = embeddings[torch.from_numpy(trials.questioned)].repeat_interleave(k, dim=0)
     with torch.no_grad():
         scores = head(questioned, refs).view(t, k)
-    return {name: s.numpy() for name, s in aggregate_scores(scores).items()}
+    aggregated = normalised_aggregates(head, scores, refs.view(t, k, -1), normalisation)
+    return {name: values.numpy() for name, values in aggregated.items()}
 
 
 def score_against_references(
@@ -116,7 +158,8 @@ def score_against_references(
 
     ``model`` is a loaded :class:`siamkit.model.Model` (its saved preprocessing is applied to
     the files). Returns ``(mean_score, max_score)``: the mean of the K head scores and the score
-    of the nearest reference (minimum distance); higher = more likely genuine.
+    of the nearest reference (minimum distance), divided by the reference spread when the model
+    was saved with ``extra["reference_normalisation"] == "spread"``; higher = more likely genuine.
     """
     if len(references) == 0:
         raise DataError("reference-set verification needs at least one reference signature")
@@ -124,7 +167,8 @@ def score_against_references(
     head = model.network.head
     with torch.no_grad():
         scores = head.pairwise(embeddings[:1], embeddings[1:])
-    aggregated = aggregate_scores(scores)
+    normalisation = model.config.extra.get("reference_normalisation", "none")
+    aggregated = normalised_aggregates(head, scores, embeddings[None, 1:], normalisation)
     return float(aggregated["mean"][0]), float(aggregated["max"][0])
 
 

@@ -18,15 +18,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from siamkit.data.batches import ClassBatches
 from siamkit.data.signature_preprocess import SignaturePreprocess
-from siamkit.data.signatures import SignaturePairBatches, SignatureSet, WriterSplit
+from siamkit.data.signatures import (
+    SignaturePairBatches,
+    SignatureSet,
+    WriterSplit,
+    signature_labelled,
+)
 from siamkit.data.signatures import read_signature_tree as read_tree
 from siamkit.data.transforms import build_augmentation
 from siamkit.errors import DataError
 from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.reference_set import (
     AGGREGATES,
+    NORMALISATIONS,
     ReferenceTrials,
+    check_normalisation,
     choose_reference_thresholds,
     reference_report,
     reference_trials,
@@ -87,14 +95,16 @@ def writer_scores(
     ks: Sequence[int] = KS,
     seed: int = 0,
     draws: int = 5,
+    normalisation: str = "none",
 ) -> dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]:
-    """Reference-set trials of ``writers`` and their mean/max scores, for each K."""
+    """Reference-set trials of ``writers`` and their mean/max scores (normalised as asked, see
+    :mod:`siamkit.evaluation.reference_set`), for each K."""
     emb = embed_writers(network, images, data, writers)
     head = network.head.cpu()
     out = {}
     for k in ks:
         trials = reference_trials(data, writers, k, seed=seed + k, draws=draws)
-        out[k] = (trials, trial_scores(head, emb, trials))
+        out[k] = (trials, trial_scores(head, emb, trials, normalisation))
     return out
 
 
@@ -117,6 +127,36 @@ def reference_validator(
     return validate
 
 
+def training_batches(
+    recipe: TrainRecipe,
+    loss: torch.nn.Module,
+    data: SignatureSet,
+    images: Tensor,
+    writers: Sequence[str],
+    mix: tuple[float, float, float] = (0.5, 0.3, 0.2),
+) -> SignaturePairBatches | ClassBatches:
+    """The batches the recipe's loss needs, from the training ``writers`` only.
+
+    Pair losses (contrastive, as SigNet) get :class:`SignaturePairBatches` of
+    ``recipe.batches.examples_per_epoch`` pairs in the proportions ``mix``. Mined losses
+    (``mined_triplet``) get class-balanced batches of ``m_per_class`` images per class where the
+    classes come from ``groups_per_batch`` writers: each writer's genuine signatures and its
+    skilled forgeries are two classes, so the forgeries are the miner's hard negatives.
+    """
+    augment = build_augmentation(recipe.augmentation)
+    settings = recipe.batches
+    if getattr(loss, "kind", None) == "labelled":
+        return ClassBatches(
+            signature_labelled(images, data, writers), settings.batch_size,
+            settings.m_per_class, recipe.seed, augment, settings.batches_per_epoch,
+            settings.groups_per_batch or settings.batch_size // (2 * settings.m_per_class),
+        )  # fmt: skip
+    return SignaturePairBatches(
+        images, data, list(writers), settings.examples_per_epoch, settings.batch_size,
+        recipe.seed, mix, augment,
+    )  # fmt: skip
+
+
 def train_fold(
     recipe: TrainRecipe,
     data: SignatureSet,
@@ -126,21 +166,16 @@ def train_fold(
     mix: tuple[float, float, float] = (0.5, 0.3, 0.2),
     show_progress: bool = True,
 ) -> TrainedFold:
-    """Train the recipe's twin network with SigNet pairs of ``split.train`` writers only.
-
-    Each epoch draws ``recipe.batches.examples_per_epoch`` pairs (genuine-genuine,
-    genuine-skilled, genuine-random in the proportions ``mix``); the best epoch is chosen by
-    the skilled-forgery EER with 5 references on the validation writers.
+    """Train the recipe's twin network on ``split.train`` writers only (batches from
+    :func:`training_batches`: SigNet pairs or writer-grouped mined batches); the best epoch is
+    chosen by the skilled-forgery EER with 5 references on the validation writers.
     """
     from siamkit.recipe import build_network
 
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
     loss = build_loss(recipe.loss, network)
-    batches = SignaturePairBatches(
-        images, data, split.train, recipe.batches.examples_per_epoch, recipe.batches.batch_size,
-        recipe.seed, mix, build_augmentation(recipe.augmentation),
-    )  # fmt: skip
+    batches = training_batches(recipe, loss, data, images, split.train, mix)
     validate = reference_validator(images, data, split.val, seed=recipe.seed)
     training = recipe.training.model_copy(update={"seed": recipe.seed})
     started = time.perf_counter()
@@ -152,6 +187,28 @@ def train_fold(
     return TrainedFold(network.cpu().eval(), head_spec, history, seconds)
 
 
+def choose_normalisation(
+    network: SiameseNetwork,
+    images: Tensor,
+    data: SignatureSet,
+    val_writers: Sequence[str],
+    k: int = 5,
+    seed: int = 0,
+) -> tuple[str, dict[str, float]]:
+    """The score normalisation (``none`` or ``spread``) with the lower skilled-forgery EER of
+    the validation writers with ``k`` references (best aggregate), and each one's EER."""
+    eers = {}
+    for normalisation in NORMALISATIONS:
+        trials, scores = writer_scores(
+            network, images, data, val_writers, (k,), seed, normalisation=normalisation
+        )[k]
+        mask = trials.of_kind("skilled")
+        eers[normalisation] = min(
+            equal_error_rate(s[mask], trials.labels[mask])[0] for s in scores.values()
+        )
+    return min(eers, key=eers.__getitem__), eers
+
+
 def calibrate(
     network: SiameseNetwork,
     images: Tensor,
@@ -159,9 +216,12 @@ def calibrate(
     val_writers: Sequence[str],
     ks: Sequence[int] = KS,
     seed: int = 0,
+    normalisation: str = "none",
 ) -> Thresholds:
     """Per-K, per-aggregate thresholds at the skilled-forgery EER of the validation writers."""
-    scored = writer_scores(network, images, data, val_writers, ks, seed)
+    scored = writer_scores(
+        network, images, data, val_writers, ks, seed, normalisation=normalisation
+    )
     return {k: choose_reference_thresholds(s, t) for k, (t, s) in scored.items()}
 
 
@@ -173,10 +233,11 @@ def evaluate_writers(
     thresholds: Thresholds | None,
     ks: Sequence[int] = KS,
     seed: int = 1000,
+    normalisation: str = "none",
 ) -> tuple[list[dict[str, Any]], dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]]:
     """Rows (K, aggregate, forgery, AUC, EER, accuracy, FAR, FRR) on ``writers`` at the given
     thresholds, and the raw trials and scores (for plots)."""
-    scored = writer_scores(network, images, data, writers, ks, seed)
+    scored = writer_scores(network, images, data, writers, ks, seed, normalisation=normalisation)
     rows = []
     for k, (trials, scores) in scored.items():
         at = None if thresholds is None else thresholds[k]
@@ -190,16 +251,19 @@ def save_signature_model(
     recipe: TrainRecipe,
     thresholds: Thresholds,
     split: WriterSplit,
+    normalisation: str = "none",
 ) -> Path:
     """Save the fold's model with its SigNet preprocessing, the per-aggregate reference
     thresholds (K = 5, or the largest K) that ``siamkit verify --references`` applies, the
-    thresholds for every K, and the writer split (so ``siamkit eval`` tests unseen writers)."""
+    thresholds for every K, the score normalisation they were chosen with, and the writer split
+    (so ``siamkit eval`` tests unseen writers)."""
     k_main = 5 if 5 in thresholds else max(thresholds)
     extra = {
         "task": "signatures",
         "reference_thresholds": thresholds[k_main],
         "reference_thresholds_k": k_main,
         "reference_thresholds_by_k": {str(k): t for k, t in thresholds.items()},
+        "reference_normalisation": check_normalisation(normalisation),
         "writers": {"train": split.train, "val": split.val, "test": split.test},
         "recipe": recipe.model_dump(mode="json"),
     }
@@ -246,11 +310,17 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     ks = [k for k in KS if k < fewest]
     images = model.prepare(data.paths)
     thresholds, source = _thresholds_for(model, ks)
-    rows, _ = evaluate_writers(model.network, images, data, writers, thresholds, ks)
+    normalisation = model.config.extra.get("reference_normalisation", "none")
+    rows, _ = evaluate_writers(
+        model.network, images, data, writers, thresholds, ks, normalisation=normalisation
+    )
     keep = ("k", "aggregate", "forgery", "eer", "accuracy", "far", "frr", "auc", "threshold")
     table = [{key: row[key] for key in keep} for row in rows]
     which = "the model's test writers (never seen in training)" if saved else "all writers"
-    notes = [f"{len(writers)} writers of {root}: {which}; decisions at {source}"]
+    notes = [
+        f"{len(writers)} writers of {root}: {which}; decisions at {source}; "
+        f"score normalisation: {normalisation}"
+    ]
     return Report(f"signature verification on {root.name}", table, notes)
 
 
