@@ -1,45 +1,58 @@
-"""What every benchmark records: the machine, versions, command, and a table as Markdown + JSON."""
+"""What every benchmark records: the machine, versions, seed and command, and its results as
+Markdown + JSON in ``benchmarks/results/``."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shlex
 import sys
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("numpy", "torch")
+console = Console()
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, core count, threads, Python / torch versions and the command that was run."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def environment(
+    seed: int | None = None,
+    packages: list[str] | tuple[str, ...] = PACKAGES,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Machine, package versions, threads, seed, load and the command line of this run."""
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in packages},
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of dicts (same keys) as a Markdown table."""
+    """Rows of dicts (the first row's keys are the columns) as a Markdown table."""
     if not rows:
         return ""
     keys = list(rows[0])
@@ -48,24 +61,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(
-    name: str,
-    title: str,
-    rows: list[dict[str, Any]],
-    summary: dict[str, Any],
-    notes: list[str],
-    machine: dict[str, Any],
+def write_results(topic: str, payload: dict, markdown: str, folder: Path = RESULTS) -> Path:
+    """Save ``payload`` as ``<folder>/<topic>.json`` and ``markdown`` as ``<folder>/<topic>.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{topic}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{topic}.md").write_text(markdown)
+    console.print(f"wrote {folder / topic}.md and .json")
+    return folder / f"{topic}.md"
+
+
+def write_table(
+    topic: str, title: str, rows: list[dict[str, Any]], summary: dict[str, Any], notes: list[str]
 ) -> Path:
-    """Print the table and write ``results/<name>.md`` and ``results/<name>.json``."""
-    RESULTS.mkdir(exist_ok=True)
+    """Print ``rows`` and save them as a titled Markdown table with notes and the environment,
+    and as JSON (``summary`` + rows + environment)."""
+    env = environment()
     table = markdown_table(rows)
-    machine_lines = "\n".join(f"- {k}: `{v}`" for k, v in machine.items())
+    console.print(table, *notes, sep="\n")
     text = f"# {title}\n\n{table}\n" + "".join(f"{n}\n\n" for n in notes)
-    text += f"## Machine and run\n\n{machine_lines}\n"
-    (RESULTS / f"{name}.md").write_text(text)
-    payload = {**summary, "rows": rows, "machine": machine}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(table)
-    for note in notes:
-        print(note)
-    return RESULTS / f"{name}.md"
+    text += "## Machine and run\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in env.items()) + "\n"
+    return write_results(topic, {**summary, "rows": rows, "environment": env}, text)

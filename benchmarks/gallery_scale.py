@@ -16,26 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 import faiss
 import numpy as np
-from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from benchmarks_common import RESULTS, console, environment, markdown_table, write_results
 from siamkit.gallery.faiss_store import FaissStore
 from siamkit.gallery.milvus_store import MilvusStore
 
-RESULTS = Path(__file__).parent / "results"
-console = Console()
+PACKAGES = ["numpy", "torch", "faiss-cpu", "pymilvus", "milvus-lite"]
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -194,35 +189,6 @@ def hnsw_headline(rows: list[dict], size: int, min_recall: float = 0.99) -> dict
     }
 
 
-def write_results(topic: str, payload: dict, markdown: str, folder: Path = RESULTS) -> None:
-    """Save ``payload`` as <folder>/<topic>.json and ``markdown`` as <folder>/<topic>.md."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{topic}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (folder / f"{topic}.md").write_text(markdown)
-    console.print(f"wrote {folder / topic}.md and .json")
-
-
-def environment(seed: int, packages: list[str] | None = None, threads: int | None = None) -> dict:
-    """Machine, versions, seed and the command line, recorded with every result."""
-    packages = packages or ["numpy", "torch", "faiss-cpu", "pymilvus", "milvus-lite"]
-    return {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "seed": seed,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in packages},
-        "threads": faiss.omp_get_max_threads() if threads is None else threads,
-        "note": "timings taken while other contributors were using the same 2-core machine",
-    }
-
-
-def markdown_table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -273,15 +239,15 @@ def main() -> None:
     headline = hnsw_headline(rows, largest)
     skipped = any(n > args.milvus_max for n in args.sizes)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    env = environment(args.seed)
+    env = environment(args.seed, PACKAGES, threads=faiss.omp_get_max_threads())
     write_results(
         "gallery_scale",
         {**headline, "settings": settings, "environment": env, "rows": rows},
         "# Gallery search at scale\n\n"
         f"Command: `{env['command']}`  \n"
         f"Machine: {env['machine']}; faiss threads {env['threads']}; versions {env['versions']}; "
-        f"seed {args.seed}.  \nTimings were taken while other contributors used the same "
-        "machine: treat them as indicative.\n\n"
+        f"seed {args.seed}; load average at the end {env['load_average']} (above the core count "
+        "means other jobs shared the machine: compare rows, not absolute times).\n\n"
         f"Random unit vectors (dim {args.dim}); {args.queries} queries ({args.milvus_queries} of "
         "them for Milvus Lite), each a stored vector plus "
         "noise (cosine 0.8 to it), searched one at a time; recall against exact search. "

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks_common import machine_info, write_results
+from benchmarks_common import write_table
 from siamkit.data.batches import PairBatches
 from siamkit.data.datasets import build_dataset
 from siamkit.data.pairs import make_pairs
@@ -108,7 +108,7 @@ def main() -> None:
          "runs (wall/CPU s)": ", ".join(f"{w:.1f}/{c:.1f}" for w, c in times[name])}
         for name in times
     ]  # fmt: skip
-    write_results(
+    write_table(
         "overhead",
         title="Trainer overhead: siamkit fit vs a plain PyTorch loop",
         rows=rows,
@@ -119,7 +119,6 @@ def main() -> None:
         notes=[f"CPU-time ratio siamkit / plain = **{ratio:.3f}** (goal <= 1.05); wall-time "
                f"ratio {wall_ratio:.3f} (noisy on a shared machine). siamkit's run includes its "
                "progress bar and a checkpoint per epoch."],
-        machine=machine_info(),
     )  # fmt: skip
 
 
