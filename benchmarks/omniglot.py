@@ -19,12 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 import siamkit
+from benchmarks_common import environment
 from siamkit.data.datasets import build_dataset
 from siamkit.data.episodes import sample_episodes
 from siamkit.data.labelled import LabelledData
@@ -276,19 +273,14 @@ def evaluate_model(model_dir: Path, test: LabelledData, runs: list) -> dict[str,
     return out
 
 
-def environment(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+def run_environment(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """The common environment record plus this benchmark's mode, episodes and wall time."""
     return {
+        **environment(EPISODE_SEED, ["torch", "siamkit"]),
         "mode": "quick" if args.quick else "full",
-        "command": command_line(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": version("torch"),
-        "siamkit": version("siamkit"),
         "episodes_per_setting": EPISODES,
         "episode_seed": EPISODE_SEED,
         "wall_minutes": seconds / 60,
-        "note": "2 CPU cores shared with other jobs while this ran: times are pessimistic",
     }
 
 
@@ -347,10 +339,10 @@ def markdown(rows, profile, ops, best, env) -> str:
         "methods a run did not train are kept from the previous results file):",
         *sorted({f"- `{r['command']}`" for r in rows if r.get("command")}),
         "",
-        f"Machine: {env['platform']}, {env['cpu_count']} CPUs (shared), torch {env['torch']}, "
-        f"{env['torch_threads']} thread(s). Wall time {env['wall_minutes']:.1f} min; methods "
-        f"finished: {env['methods_finished']}. "
-        f"{env['note']}.",
+        f"Machine: {env['machine']}; versions {env['versions']}; {env['threads']} thread(s). "
+        f"Wall time {env['wall_minutes']:.1f} min; methods finished: {env['methods_finished']}; "
+        f"load average at the end {env['load_average']} (above the core count: the machine was "
+        "shared and times are pessimistic).",
         "",
         "Accuracy (%) ± 95% CI on the 20 evaluation alphabets. *official*: Lake et al.'s 20 runs "
         "(400 trials of 20-way within-alphabet 1-shot), from the raw PNGs through the saved model "
@@ -426,7 +418,8 @@ def main() -> None:
     rows = []
     size = int(load_recipe(ROOT / methods[0].config).data.params.get("size", 28))
     test = build_dataset("omniglot", None, size=size).test
-    rows.append(pixel_row(test, runs, size) | {"command": command_line()})
+    command = environment()["command"]
+    rows.append(pixel_row(test, runs, size) | {"command": command})
     earlier = previous_results(args)
     if earlier is not None:
         rows += kept_rows(earlier, methods)
@@ -434,17 +427,18 @@ def main() -> None:
     for done, method in enumerate(methods, 1):
         console.rule(method.name)
         recipe, record = train_method(method, args.quick, args.runs)
-        row = {"method": method.name, "measured": True, "command": command_line(), **record}
+        row = {
+            "method": method.name,
+            "measured": True,
+            "command": environment()["command"],
+            **record,
+        }
         row.update(evaluate_model(ROOT / record["model_dir"], test, runs))
         rows.append(row)
         rows.sort(key=table_position)
         console.print({k: v for k, v in row.items() if not k.endswith("_ci95")})
         write_results(args, rows, profile, ops, started, f"{done} of {len(methods)}")
     print_table(with_references(rows))
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
 
 
 def previous_results(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -490,7 +484,7 @@ def write_results(args, rows, profile, ops, started: float, finished: str) -> No
     """Write the md and json for the methods finished so far (after each one, so a long run
     that is stopped still leaves its finished rows)."""
     best = max(rows[1:], key=lambda r: r["val_auc"])  # chosen on validation, not on test
-    env = environment(args, time.perf_counter() - started)
+    env = run_environment(args, time.perf_counter() - started)
     env["methods_finished"] = finished
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "omniglot.md").write_text(markdown(with_references(rows), profile, ops, best, env))
