@@ -15,8 +15,9 @@ wall and CPU time.
 
 Training runs go to --runs (default runs/bench-text/<recipe>) and resume there (a run of the same
 recipe whose checkpoint is there continues, or is only re-evaluated when finished); each stage's
-results are cached in <runs>/stages.json, so a re-run only redoes what is asked. Cached stages
-lacking the F1-threshold MRPC figures get them from their saved model. Writes
+results are cached in <runs>/stages.json, so a re-run only redoes what is asked. With
+--add-missing-mrpc, cached stages lacking the F1-threshold MRPC figures get them from their saved
+model. Writes
 benchmarks/results/text.md and text.json.
 """
 
@@ -283,6 +284,12 @@ def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
     for s in stages.values():
         if "dev_history" in s:
             lines.append(f"Validation per epoch, {s['model']} ({s['recipe']}):")
+            if s.get("resumed"):
+                lines.append(
+                    f"(trained before this stage by the same recipe into {s['model_dir']}'s "
+                    "parent, e.g. `siamkit train-text RECIPE --out THAT_FOLDER`; the stage found "
+                    "the finished checkpoint, resumed it and evaluated the model)"
+                )
             lines += [
                 f"- epoch {e['epoch']}: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in e.items() if k != "epoch")
@@ -300,6 +307,10 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the results from cached stages"
     )
+    parser.add_argument(
+        "--add-missing-mrpc", action="store_true",
+        help="evaluate cached stages' saved models for the F1-threshold MRPC figures they lack",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -312,7 +323,7 @@ def main() -> None:
         console.rule(LABELS[name])
         stages[name] = {**run_stage(name, args.runs), "command": command}
         cache.write_text(json.dumps(stages, indent=2))
-    if not args.report_only:
+    if args.add_missing_mrpc:
         add_missing_mrpc(stages, command)
         cache.write_text(json.dumps(stages, indent=2))
     write_results(stages, command)
