@@ -198,3 +198,19 @@ def test_gallery_threshold_is_calibrated_on_the_validation_people(tmp_path, caps
     assert t == float(np.nextafter(scores.max(), np.float32(2)))
     assert main(["gallery-threshold", str(tiny_model(tmp_path / "bare"))]) == 1
     assert "no training recipe" in capsys.readouterr().err
+
+
+def test_conv4_flip_average_makes_eval_embeddings_mirror_invariant():
+    torch.manual_seed(0)
+    spec = {"in_channels": 1, "input_size": SIZE, "blocks": 3, "channels": 8, "embedding_dim": 16}
+    plain = build_encoder({"name": "conv4", "params": spec}).eval()
+    flip = build_encoder({"name": "conv4", "params": {**spec, "flip_average": True}})
+    flip.load_state_dict(plain.state_dict())
+    flip.eval()
+    x = torch.rand(3, 1, *SIZE)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(x.flip(-1)), atol=1e-4)
+        assert torch.allclose(flip(x), flip(x.flip(-1)), atol=1e-5)
+        assert torch.allclose(flip(x), (plain(x) + plain(x.flip(-1))) / 2, atol=1e-5)
+        flip.train()  # training sees the images as given (augmentation flips them at random)
+        assert not torch.allclose(flip(x), flip(x.flip(-1)), atol=1e-4)

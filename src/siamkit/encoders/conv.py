@@ -22,7 +22,9 @@ class Conv4(Encoder):
     """Conv-4 (Vinyals et al. 2016; Snell et al. 2017): 4 x [conv3x3, BN, ReLU, maxpool 2].
 
     The flattened feature map is the embedding unless ``embedding_dim`` asks for a linear
-    projection to that size.
+    projection to that size. ``flip_average`` (test-time augmentation, in eval mode only) averages
+    each image's features with those of its horizontal mirror, so the embedding is mirror-invariant
+    wherever the model is used (``embed``, ``verify``, galleries).
     """
 
     def __init__(
@@ -33,9 +35,11 @@ class Conv4(Encoder):
         blocks: int = 4,
         embedding_dim: int | None = None,
         normalize: bool = False,
+        flip_average: bool = False,
     ) -> None:
         super().__init__(normalize)
         self.in_channels = in_channels
+        self.flip_average = flip_average
         layers: list[nn.Module] = []
         c_in = in_channels
         for _ in range(blocks):
@@ -52,7 +56,10 @@ class Conv4(Encoder):
         self.embedding_dim = n if embedding_dim is None else embedding_dim
 
     def features(self, x: Tensor) -> Tensor:
-        return self.projection(self.trunk(x))
+        out = self.projection(self.trunk(x))
+        if self.flip_average and not self.training:
+            out = (out + self.projection(self.trunk(x.flip(-1)))) / 2
+        return out
 
 
 @ENCODERS.register("koch")
