@@ -162,10 +162,12 @@ def load_network(model_dir: str | Path | None) -> SiameseNetwork:
 def add_missing_mrpc(stages: dict[str, dict[str, Any]], command: str) -> None:
     """Cached stages from before the F1-threshold figures: evaluate their saved model on MRPC."""
     for name, record in stages.items():
-        if "mrpc_f1_tuned" not in record:
-            console.print(f"MRPC F1-threshold figures for cached stage {name}")
-            record.update(evaluate_mrpc(load_network(record.get("model_dir")).eval()))
-            record["mrpc_f1_tuned_added_by"] = command
+        folder = record.get("model_dir")
+        if "mrpc_f1_tuned" in record or (folder and not Path(folder).is_dir()):
+            continue  # already there, or the model is gone (its run folder is being redone)
+        console.print(f"MRPC F1-threshold figures for cached stage {name}")
+        record.update(evaluate_mrpc(load_network(record.get("model_dir")).eval()))
+        record["mrpc_f1_tuned_added_by"] = command
 
 
 def environment() -> dict[str, Any]:
@@ -314,19 +316,41 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.runs.mkdir(parents=True, exist_ok=True)
-    cache = args.runs / "stages.json"
-    stages = json.loads(cache.read_text()) if cache.is_file() else {}
-    for record in stages.values():  # stages cached by an earlier run of this script
-        record.setdefault("command", EARLIER)
     command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python " + shlex.join(sys.argv)
     for name in [] if args.report_only else args.stages:
         console.rule(LABELS[name])
-        stages[name] = {**run_stage(name, args.runs), "command": command}
-        cache.write_text(json.dumps(stages, indent=2))
+        record = {**run_stage(name, args.runs), "command": command, "finished_at": time.time()}
+        save_stage(args.runs, name, record)
+    stages = load_stages(args.runs)
     if args.add_missing_mrpc:
         add_missing_mrpc(stages, command)
-        cache.write_text(json.dumps(stages, indent=2))
+        for name, record in stages.items():
+            save_stage(args.runs, name, record)
     write_results(stages, command)
+
+
+def save_stage(runs: Path, name: str, record: dict[str, Any]) -> None:
+    """Cache one stage's results, in <runs>/stages/<name>.json and in <runs>/stages.json (read
+    again just before, so stages another run of this script wrote meanwhile are kept)."""
+    (runs / "stages").mkdir(exist_ok=True)
+    (runs / "stages" / f"{name}.json").write_text(json.dumps(record, indent=2))
+    stages = load_stages(runs)
+    stages[name] = record
+    (runs / "stages.json").write_text(json.dumps(stages, indent=2))
+
+
+def load_stages(runs: Path) -> dict[str, dict[str, Any]]:
+    """The cached stages: <runs>/stages.json and the per-stage files, the newer record of a stage
+    winning (a concurrent run may have rewritten stages.json without a stage another one added)."""
+    cache = runs / "stages.json"
+    stages = json.loads(cache.read_text()) if cache.is_file() else {}
+    for path in sorted((runs / "stages").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("finished_at", 0) >= stages.get(path.stem, {}).get("finished_at", 0):
+            stages[path.stem] = record
+    for record in stages.values():  # stages cached by an earlier run of this script
+        record.setdefault("command", EARLIER)
+    return {name: stages[name] for name in LABELS if name in stages}
 
 
 if __name__ == "__main__":
