@@ -104,9 +104,15 @@ def describe(recipe: dict) -> str:
     """One line: encoder, input size, loss and epochs of a recipe."""
     enc, loss = recipe["encoder"], recipe["loss"]
     size = "x".join(str(v) for v in recipe["data"]["params"].get("size", []))
+    flip = (
+        "; test-time flip averaging: every embedding averages a face's features with its mirror "
+        "image's, inside the encoder, so `siamkit verify`/`identify`/`search` do the same"
+        if enc["params"].get("flip_average")
+        else ""
+    )
     return (
         f"{enc['name']} {enc['params']} on {size} grey faces, {loss['name']} {loss['params']}, "
-        f"{recipe['training']['epochs']} epochs, weights kept: {recipe['evaluation']['keep']}"
+        f"{recipe['training']['epochs']} epochs, weights kept: {recipe['evaluation']['keep']}{flip}"
     )
 
 
@@ -150,7 +156,9 @@ def report(rows: list[dict], summary: dict, args: argparse.Namespace, env: dict,
         "2-core machine shared with other jobs: times are indicative.\n\n"
         f"Recipe `{args.config}` ({'quick mode' if args.quick else 'as written'}): "
         f"{describe(payload['recipe'])}, "
-        "online triplet mining on class-balanced batches, augmentation. Each "
+        "online triplet mining on class-balanced batches, augmentation. How its settings were "
+        "chosen is in the comment at the top of the recipe (not on these test people: on an "
+        "inner split of fold 0's 28 other people, which include test people of folds 1-2). Each "
         "fold: 24 training, 4 validation (threshold), 12 test people. Verification over all "
         "pairs of the test people's images; identification through `siamkit.gallery` (FAISS), "
         f"{args.trials} random trials per fold: closed-set with 1 enrolled image per person, "
