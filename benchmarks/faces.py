@@ -27,7 +27,7 @@ import torch
 from rich.table import Table
 
 import siamkit
-from gallery_scale import console, environment, markdown_table, write_results
+from benchmarks_common import console, environment, markdown_table, write_results
 from siamkit.data import build_dataset
 from siamkit.data.paths import dataset_dir
 from siamkit.evaluation.faces_eval import face_metrics
@@ -150,10 +150,11 @@ def report(rows: list[dict], summary: dict, args: argparse.Namespace, env: dict,
     markdown = (
         "# Faces: AT&T / ORL, people never seen in training\n\n"
         f"Command: `{env['command']}`  \n"
-        f"Machine: {env['machine']}; torch threads 1; versions {env['versions']}; "
+        f"Machine: {env['machine']}; torch threads {env['threads']}; versions {env['versions']}; "
         f"recipe seed {payload['recipe']['seed']}, evaluation seed = recipe seed.  \n"
-        f"Wall time {wall / 60:.1f} min for {len(rows)} fold(s) (training + evaluation), on a "
-        "2-core machine shared with other jobs: times are indicative.\n\n"
+        f"Wall time {wall / 60:.1f} min for {len(rows)} fold(s) (training + evaluation); load "
+        f"average at the end {env['load_average']} (above the core count: the machine was "
+        "shared and times are indicative).\n\n"
         f"Recipe `{args.config}` ({'quick mode' if args.quick else 'as written'}): "
         f"{describe(payload['recipe'])}, "
         "online triplet mining on class-balanced batches, augmentation. How its settings were "
@@ -197,7 +198,7 @@ def main() -> None:
         console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         rows.append(row)
     seed = load_recipe(args.config).seed
-    env = environment(seed, PACKAGES, threads=torch.get_num_threads())
+    env = environment(seed, PACKAGES)
     report(rows, summarise(rows), args, env, time.perf_counter() - start)
 
 
