@@ -26,6 +26,7 @@ from siamkit.evaluation.reference_set import (
     choose_reference_thresholds,
     normalised_aggregates,
     reference_trials,
+    saved_reference_threshold,
     score_against_references,
     trial_scores,
 )
@@ -240,6 +241,24 @@ def test_aggregate_k1_and_k3():
     assert three["mean"].item() == pytest.approx(-3.0) and three["max"].item() == -1.0
     with pytest.raises(DataError, match="K >= 1"):
         aggregate_scores(torch.zeros(2, 0))
+
+
+def test_saved_reference_threshold_follows_the_number_of_references():
+    extra = {
+        "reference_thresholds": {"mean": -5.0, "max": -5.5},
+        "reference_thresholds_by_k": {
+            "1": {"mean": -1.0},
+            "3": {"mean": -3.0},
+            "5": {"mean": -5.0},
+        },
+    }
+    assert saved_reference_threshold(extra, 1, "mean") == -1.0
+    assert saved_reference_threshold(extra, 3, "mean") == -3.0
+    assert saved_reference_threshold(extra, 4, "mean") == -3.0  # nearest saved K (ties: smaller)
+    assert saved_reference_threshold(extra, 9, "mean") == -5.0
+    assert saved_reference_threshold(extra, 1, "max") is None
+    assert saved_reference_threshold({"reference_thresholds": {"max": -5.5}}, 2, "max") == -5.5
+    assert saved_reference_threshold({}, 2, "max") is None
 
 
 def test_spread_normalisation_divides_by_the_reference_spread():

@@ -75,7 +75,10 @@ def verify(
 ) -> None:
     """Score QUESTIONED against OTHER (or --references REF1 REF2 ...); decide at the threshold."""
     import siamkit
-    from siamkit.evaluation.reference_set import score_against_references
+    from siamkit.evaluation.reference_set import (
+        saved_reference_threshold,
+        score_against_references,
+    )
 
     others = others or []
     if not others or (len(others) > 1 and not references):
@@ -85,8 +88,8 @@ def verify(
     loaded = siamkit.load(model)
     mean, best = score_against_references(loaded, questioned, others)
     score = mean if aggregate == "mean" else best
-    saved = loaded.config.extra.get("reference_thresholds", {}) if references else {}
-    threshold = loaded.threshold if saved.get(aggregate) is None else float(saved[aggregate])
+    saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
+    threshold = saved if references and saved is not None else loaded.threshold
     row = {"score": score, "threshold": threshold, "references": len(others)}
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
