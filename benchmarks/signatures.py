@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from rich.table import Table  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from benchmarks_common import environment  # noqa: E402
 from siamkit.data.paths import dataset_dir  # noqa: E402
 from siamkit.data.signatures import SignatureSet, read_signature_tree, writer_folds  # noqa: E402
 from siamkit.encoders import build_encoder  # noqa: E402
@@ -59,26 +57,6 @@ PUBLISHED = [  # SigNet (Dey et al. 2017), writer-independent accuracy; not meas
     {"dataset": "BHSig260-Bengali", "accuracy": "86.11%"},
 ]
 console = Console()
-
-
-def machine() -> dict[str, Any]:
-    """Hardware, versions, threads and the exact command of this run."""
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_at_start": os.getloadavg()[0],
-    }
 
 
 def quick_recipe(recipe: TrainRecipe) -> TrainRecipe:
@@ -250,9 +228,9 @@ def markdown(report: dict[str, Any]) -> str:
         "# Offline signature verification (SigComp2011 Dutch), unseen writers",
         "",
         f"Written by `benchmarks/signatures.py` ({report['mode']} run). Command: `{m['command']}`",
-        f"on {m['cpu']} ({m['cpu_count']} cores shared with other jobs; load average "
-        f"{m['load_average_at_start']:.1f} at start), torch {m['torch']} with "
-        f"{m['torch_threads']} thread(s), {m['platform']}, {m['date']}.",
+        f"on {m['machine']} (load average {m['load_average']} at start; above the core count "
+        f"the machine was shared), versions {m['versions']}, {m['threads']} thread(s), "
+        f"{m['date']}.",
         "",
         f"Protocol: {report['protocol']}",
         "",
@@ -368,7 +346,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     configs = args.config or [ROOT / "configs" / "signatures.yaml"]
-    report: dict[str, Any] = {"machine": machine(), "mode": "quick" if args.quick else "full",
+    report: dict[str, Any] = {"machine": environment(0), "mode": "quick" if args.quick else "full",
                               "models": {}, "rows": []}  # fmt: skip
     data = read_signature_tree(dataset_dir("signatures"))
     k5: dict[str, list[dict[str, Any]]] = {}
