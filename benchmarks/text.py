@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks_common import environment
 from siamkit.data.text import read_mrpc, read_stsb, read_stsb_sources
 from siamkit.encoders import build_encoder
 from siamkit.heads import CosineHead
@@ -170,15 +169,10 @@ def add_missing_mrpc(stages: dict[str, dict[str, Any]], command: str) -> None:
         record["mrpc_f1_tuned_added_by"] = command
 
 
-def environment() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "sentence_transformers": version("sentence-transformers"),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_at_end": os.getloadavg(),
-    }  # fmt: skip
+def run_environment() -> dict[str, Any]:
+    """The common environment record plus the OMP_NUM_THREADS setting."""
+    env = environment(0, ["torch", "sentence-transformers"])
+    return {**env, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def headline(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -235,7 +229,7 @@ COLUMNS = [
 
 
 def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
-    env = environment()
+    env = run_environment()
     head = headline(stages)
     rows = table_rows(stages)
     table = Table(title="siamkit text benchmark")
@@ -260,12 +254,10 @@ def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
         "Commands (each stage ran in one of them; the tables are written from their cached "
         f"stage results by the last one, `{command}`):", "",
         *sorted({f"- `{s.get('command', command)}`" for s in stages.values()}), "",
-        f"Machine: {env['cpu_count']} CPUs, {env['platform']}, torch {env['torch']}, "
-        f"sentence-transformers {env['sentence_transformers']}, torch threads "
-        f"{env['torch_threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}). The machine was "
-        "shared with other jobs (load average at end "
-        f"{', '.join(f'{x:.1f}' for x in env['load_average_at_end'])}): wall times are inflated; "
-        "CPU minutes are this process's CPU time on one thread.", "",
+        f"Machine: {env['machine']}; versions {env['versions']}; torch threads {env['threads']} "
+        f"(OMP_NUM_THREADS={env['OMP_NUM_THREADS']}); load average {env['load_average']} when "
+        "this report was written. Wall times of stages run while other jobs shared the 2 cores are "
+        "inflated; CPU minutes are the training process's CPU time on one thread.", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(row) + " |" for row in rows), "",
         "STS-B: Spearman/Pearson x 100 of cosine vs gold on sts-test (1,379 pairs). MRPC: "
