@@ -44,11 +44,14 @@ def test_bce_on_learned_head_with_and_without_l2():
         head.linear.bias.fill_(0.5)
     y = torch.tensor([1.0, 0.0, 1.0])
     logits = [(3 - 4) + 0.5, (1 - 0) + 0.5, (1 - 1) + 0.5]
-    expected = -(
-        math.log(1 / (1 + math.exp(-logits[0])))
-        + math.log(1 - 1 / (1 + math.exp(-logits[1])))
-        + math.log(1 / (1 + math.exp(-logits[2])))
-    ) / 3
+    expected = (
+        -(
+            math.log(1 / (1 + math.exp(-logits[0])))
+            + math.log(1 - 1 / (1 + math.exp(-logits[1])))
+            + math.log(1 / (1 + math.exp(-logits[2])))
+        )
+        / 3
+    )
     assert bce(E1, E2, y).item() == pytest.approx(expected, rel=1e-5)
     regularised = build_loss({"name": "bce", "params": {"l2": 0.01}}, bce_net := network("learned"))
     with torch.no_grad():

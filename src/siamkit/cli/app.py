@@ -66,4 +66,3 @@ def main(argv: list[str] | None = None) -> int:
             return error.exit_code
         raise
     return 0
-
