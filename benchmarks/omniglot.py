@@ -427,12 +427,7 @@ def main() -> None:
     for done, method in enumerate(methods, 1):
         console.rule(method.name)
         recipe, record = train_method(method, args.quick, args.runs)
-        row = {
-            "method": method.name,
-            "measured": True,
-            "command": environment()["command"],
-            **record,
-        }
+        row = {"method": method.name, "measured": True, "command": command, **record}
         row.update(evaluate_model(ROOT / record["model_dir"], test, runs))
         rows.append(row)
         rows.sort(key=table_position)
