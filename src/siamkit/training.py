@@ -54,7 +54,12 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = False
+    amp: bool = Field(
+        False, description="mixed precision: bfloat16 autocast on CPU, float16 on CUDA"
+    )
+    channels_last: bool = Field(
+        False, description="NHWC weights for conv nets (with amp ~2-3x faster on AVX-512 CPUs)"
+    )
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)
 
@@ -224,6 +229,8 @@ def fit(
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     network.to(device)
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
     loss.to(device)
     optimizer = build_optimizer(trainable_parameters(network, loss), config)
     schedule = build_schedule(optimizer, config)

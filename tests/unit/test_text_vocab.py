@@ -7,7 +7,7 @@ import torch
 
 from siamkit.data.text import read_labelled_texts, read_pair_file, read_text_lines
 from siamkit.encoders import build_encoder
-from siamkit.encoders.text import PAD, UNK, Vocabulary, pad_batch, tokenize
+from siamkit.encoders.text import PAD, UNK, Vocabulary, char_ngrams, pad_batch, tokenize
 from siamkit.errors import CheckpointError, ConfigError, DataError
 
 TEXTS = ["A man is playing a guitar.", "A man plays the guitar!", "A woman is slicing onions."]
@@ -153,3 +153,25 @@ def test_max_pooling_ignores_padding_and_frozen_embeddings_get_no_gradient():
     torch.testing.assert_close(encoder(["a man"])[0], steps[0].max(0).values)
     encoder(["a man", TEXTS[2]]).sum().backward()
     assert encoder.embedding.weight.grad is None and encoder.rnn.weight_ih_l0.grad is not None
+
+
+def test_char_ngrams_are_fasttext_subwords():
+    assert char_ngrams("cat", (3, 4)) == ["<ca", "cat", "at>", "<cat", "cat>", "<cat>"]
+    assert char_ngrams("a", (3, 5)) == ["<a>", "<a>"]
+
+
+def test_subwords_give_unseen_words_their_own_vectors_and_survive_padding():
+    torch.manual_seed(0)
+    params = {"embedding_size": 8, "hidden_size": 6, "subword_buckets": 1000}
+    encoder = build_encoder({"name": "text_rnn", "params": params},
+                            vocabulary=Vocabulary.build(TEXTS)).eval()  # fmt: skip
+    plain = build_encoder({"name": "text_rnn", "params": {"embedding_size": 8, "hidden_size": 6}},
+                          vocabulary=Vocabulary.build(TEXTS)).eval()  # fmt: skip
+    unseen = ["zebras", "quokkas"]  # both <unk>: the same text without subwords
+    assert torch.equal(plain(unseen[:1]), plain(unseen[1:]))
+    assert not torch.allclose(encoder(unseen[:1]), encoder(unseen[1:]))
+    batched = encoder(["a man", TEXTS[2], ""])
+    torch.testing.assert_close(encoder(["a man"])[0], batched[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="subwords"):
+        build_encoder({"name": "text_rnn", "params": {"subword_buckets": -1}},
+                      vocabulary=Vocabulary.build(TEXTS))  # fmt: skip

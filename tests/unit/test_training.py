@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from siamkit.data.batches import PairBatches
+from siamkit.data.labelled import LabelledData
 from siamkit.encoders import build_encoder
 from siamkit.errors import CheckpointError, DataError
 from siamkit.evaluation.verification import verification_validator
@@ -84,3 +85,26 @@ def test_a_loss_holding_the_head_does_not_duplicate_its_parameters():
     params = trainable_parameters(net, loss)
     assert len(params) == len(list(net.parameters()))
     assert {id(p) for p in params} == {id(p) for p in net.parameters()}
+
+
+def test_channels_last_bf16_training_learns_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 16, 16).repeat_interleave(8, 0) + 0.1 * torch.rand(32, 1, 16, 16)
+    data = LabelledData(images, torch.arange(4).repeat_interleave(8), list("abcd"))
+    spec = {"name": "conv4", "params": {"input_size": 16, "channels": 8, "embedding_dim": 6}}
+
+    def run(epochs, resume=False):
+        torch.manual_seed(0)
+        net = SiameseNetwork(build_encoder(spec), HEADS.build({"name": "euclidean"}))
+        loss = build_loss({"name": "contrastive"}, net)
+        batches = PairBatches(data, pairs_per_epoch=128, batch_size=16, seed=0)
+        settings = TrainConfig(epochs=epochs, lr=0.003, amp=True, channels_last=True)
+        history = fit(net, loss, batches, settings, tmp_path, resume=resume, show_progress=False)
+        return net, history
+
+    run(2)
+    net, history = run(4, resume=True)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert [e["epoch"] for e in history.epochs] == [0, 1, 2, 3]
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -117,11 +118,63 @@ def pad_batch(
     return ids, lengths
 
 
+def char_ngrams(word: str, sizes: tuple[int, int] = (3, 5)) -> list[str]:
+    """fastText's sub-words of ``word``: its character n-grams of ``sizes[0]..sizes[1]``
+    characters taken from ``"<word>"``, plus the whole ``"<word>"``."""
+    marked = f"<{word}>"
+    grams = [
+        marked[i : i + n] for n in range(sizes[0], sizes[1] + 1) for i in range(len(marked) - n + 1)
+    ]
+    return [*grams, marked]
+
+
+class SubwordEmbedding(nn.Module):
+    """The mean of a word's hashed character n-gram vectors (Bojanowski et al. 2017).
+
+    N-grams are hashed with CRC-32 into ``buckets`` rows, so the table needs no vocabulary and a
+    word unseen in training still gets a vector from the pieces it shares with known words.
+    """
+
+    def __init__(self, buckets: int, dim: int, sizes: tuple[int, int] = (3, 5)) -> None:
+        super().__init__()
+        if buckets < 1 or not 1 <= sizes[0] <= sizes[1]:
+            raise ConfigError(f"subwords: expected buckets >= 1 and 1 <= n1 <= n2, got "
+                              f"{buckets}, {sizes}")  # fmt: skip
+        self.buckets, self.sizes = buckets, tuple(sizes)
+        self.table = nn.EmbeddingBag(buckets, dim, mode="mean")
+        self._cache: dict[str, list[int]] = {}
+
+    def bucket_ids(self, word: str) -> list[int]:
+        """The table rows of ``word``'s n-grams (cached)."""
+        if word not in self._cache:
+            grams = char_ngrams(word, self.sizes)  # type: ignore[arg-type]
+            self._cache[word] = [zlib.crc32(g.encode()) % self.buckets for g in grams]
+        return self._cache[word]
+
+    def forward(self, words: Sequence[Sequence[str]], length: int) -> Tensor:
+        """``(B, length, dim)`` vectors of the batch's words; padding positions are zero."""
+        ids: list[int] = []
+        offsets: list[int] = []
+        for sentence in words:
+            padded = list(sentence[:length]) + [""] * (length - min(len(sentence), length))
+            for word in padded:
+                offsets.append(len(ids))
+                ids.extend(self.bucket_ids(word) if word else ())
+        device = self.table.weight.device
+        vectors = self.table(
+            torch.tensor(ids, dtype=torch.long, device=device),
+            torch.tensor(offsets, dtype=torch.long, device=device),
+        )
+        return vectors.view(len(words), length, -1)
+
+
 class RecurrentTextEncoder(Encoder):
     """Embedding -> LSTM/GRU over packed sequences -> mean, max or last-state pooling -> (B, D).
 
     ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional).
     ``freeze_embeddings`` keeps the embedding table fixed (for pre-trained vectors).
+    ``subword_buckets`` > 0 adds hashed character n-gram vectors (:class:`SubwordEmbedding`) to
+    each word's vector, which helps with rare and unseen words.
     """
 
     input_ndim = 1
@@ -138,6 +191,8 @@ class RecurrentTextEncoder(Encoder):
         dropout: float = 0.0,
         max_length: int = 128,
         freeze_embeddings: bool = False,
+        subword_buckets: int = 0,
+        subword_sizes: tuple[int, int] = (3, 5),
         normalize: bool = False,
     ) -> None:
         super().__init__(normalize=normalize)
@@ -153,6 +208,11 @@ class RecurrentTextEncoder(Encoder):
             len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id
         )
         self.embedding.weight.requires_grad_(not freeze_embeddings)
+        self.subwords = (
+            SubwordEmbedding(subword_buckets, embedding_size, tuple(subword_sizes))  # type: ignore[arg-type]
+            if subword_buckets
+            else None
+        )
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(
             embedding_size,
@@ -178,8 +238,11 @@ class RecurrentTextEncoder(Encoder):
     def features(self, texts: Sequence[str]) -> Tensor:  # noqa: D102
         ids, lengths = self.token_ids(texts)
         ids = ids.to(self.embedding.weight.device)
+        vectors = self.embedding(ids)
+        if self.subwords is not None:
+            vectors = vectors + self.subwords([tokenize(t) for t in texts], ids.shape[1])
         packed = pack_padded_sequence(
-            self.dropout(self.embedding(ids)), lengths, batch_first=True, enforce_sorted=False
+            self.dropout(vectors), lengths, batch_first=True, enforce_sorted=False
         )
         output, state = self.rnn(packed)
         if self.pooling == "last":

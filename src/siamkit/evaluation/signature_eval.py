@@ -38,6 +38,7 @@ from siamkit.evaluation.reference_set import (
     choose_reference_thresholds,
     reference_report,
     reference_trials,
+    saved_reference_threshold,
     trial_scores,
 )
 from siamkit.evaluation.tasks import Report, register_evaluator
@@ -284,12 +285,10 @@ def is_signature_tree(path: Path) -> bool:
 
 
 def _thresholds_for(model: Model, ks: Sequence[int]) -> tuple[Thresholds | None, str]:
-    by_k = model.config.extra.get("reference_thresholds_by_k")
-    if by_k and all(str(k) in by_k for k in ks):
-        return {k: by_k[str(k)] for k in ks}, "thresholds chosen on validation writers"
-    main = model.config.extra.get("reference_thresholds")
-    if main and all(a in main for a in AGGREGATES):
-        return {k: main for k in ks}, "the model's reference thresholds for every K"
+    extra = model.config.extra
+    saved = {k: {a: saved_reference_threshold(extra, k, a) for a in AGGREGATES} for k in ks}
+    if all(value is not None for by_aggregate in saved.values() for value in by_aggregate.values()):
+        return saved, "thresholds chosen on validation writers (the nearest saved K)"  # type: ignore[return-value]
     if model.threshold is not None:
         return {k: dict.fromkeys(AGGREGATES, model.threshold) for k in ks}, "the model threshold"
     return None, "no saved threshold: accuracy/FAR/FRR at each row's own EER (optimistic)"
