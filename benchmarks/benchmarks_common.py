@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPOSITORY = RESULTS.parents[1]
 PACKAGES = ("numpy", "torch")
 console = Console()
 
@@ -81,3 +82,9 @@ def write_table(
     text = f"# {title}\n\n{table}\n" + "".join(f"{n}\n\n" for n in notes)
     text += "## Machine and run\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in env.items()) + "\n"
     return write_results(topic, {**summary, "rows": rows, "environment": env}, text)
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (for copy-pasteable commands)."""
+    path = Path(path).resolve()
+    return path.relative_to(REPOSITORY) if path.is_relative_to(REPOSITORY) else path

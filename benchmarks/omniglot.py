@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 import siamkit
-from benchmarks_common import environment
+from benchmarks_common import environment, shown
 from siamkit.data.datasets import build_dataset
 from siamkit.data.episodes import sample_episodes
 from siamkit.data.labelled import LabelledData
@@ -153,11 +153,12 @@ def images_per_epoch(recipe: Any, batches: Any, kind: str) -> int:
     return per_example * recipe.batches.examples_per_epoch
 
 
-def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, float]:
-    """Milliseconds per training step spent assembling the batch (indexing, augmentation, uint8
-    -> float), in the forward pass + loss, and in backward + optimizer step."""
+def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any]:
+    """Network (in the recipe's memory format), loss, batches (epoch 0) and optimizer."""
     torch.manual_seed(recipe.seed)
     network, _ = build_network(recipe)
+    if recipe.training.channels_last:
+        network.to(memory_format=torch.channels_last)
     loss = build_loss(recipe.loss, network)
     batches = build_batches(recipe, loss, train)
     optimizer = build_optimizer(
@@ -165,6 +166,19 @@ def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, flo
     )
     network.train()
     batches.set_epoch(0)
+    return network, loss, batches, optimizer
+
+
+def recipe_autocast(recipe: Any) -> torch.autocast:
+    """bfloat16 autocast when the recipe trains with ``amp``, as ``fit`` does on CPU."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.training.amp)
+
+
+def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, float]:
+    """Milliseconds per training step spent assembling the batch (indexing, augmentation, uint8
+    -> float), in the forward pass + loss, and in backward + optimizer step, with the recipe's
+    precision settings (``amp``: bfloat16 autocast; ``channels_last``: NHWC weights)."""
+    network, loss, batches, optimizer = training_parts(recipe, train)
     times = {"batch_ms": 0.0, "forward_ms": 0.0, "backward_ms": 0.0}
     source = iter(batches)
     next(source)  # warm-up step excluded
@@ -172,7 +186,8 @@ def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, flo
         t0 = time.perf_counter()
         batch = next(source)
         t1 = time.perf_counter()
-        value = batch_loss(network, loss, batch)
+        with recipe_autocast(recipe):
+            value = batch_loss(network, loss, batch)
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         value.backward()
@@ -185,26 +200,16 @@ def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, flo
     return {**times, "images_per_step": images, "images_per_s": 1000 * images / total}
 
 
-def shown(path: Path) -> Path:
-    """``path`` relative to the repository when it is inside it (for copy-pasteable commands)."""
-    path = path.resolve()
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
 def top_ops(recipe: Any, train: LabelledData, steps: int = 3) -> list[dict[str, Any]]:
     """torch.profiler: the operators taking the most CPU time over a few training steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(recipe.seed)
-    network, _ = build_network(recipe)
-    loss = build_loss(recipe.loss, network)
-    batches = build_batches(recipe, loss, train)
-    optimizer = build_optimizer(list(network.parameters()), recipe.training)
-    batches.set_epoch(0)
+    network, loss, batches, optimizer = training_parts(recipe, train)
     source = iter(batches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            value = batch_loss(network, loss, next(source))
+            with recipe_autocast(recipe):
+                value = batch_loss(network, loss, next(source))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -230,6 +235,9 @@ def profile_all(methods: list[Method], steps: int) -> tuple[dict[str, Any], list
             raw = recipe.model_dump(mode="json")
             augmented = parse_recipe({**raw, "augmentation": [KOCH_AFFINE]}, "augmented")
             timings[stem + " + Koch affine"] = profile_steps(augmented, train, steps)
+            fp32 = {**raw["training"], "amp": False, "channels_last": False}
+            plain = parse_recipe({**raw, "training": fp32}, "fp32")
+            timings[stem + " in float32, NCHW"] = profile_steps(plain, train, steps)
             ops = top_ops(recipe, train)
     return timings, ops
 
@@ -367,7 +375,9 @@ def markdown(rows, profile, ops, best, env) -> str:
     lines += [
         "## Where a training step's time goes",
         "",
-        "Mean over profiled steps (ms); batch = indexing + per-item augmentation + uint8->float.",
+        "Mean over profiled steps (ms); batch = indexing + per-item augmentation + uint8->float; "
+        "each recipe in its own precision (bfloat16 autocast and NHWC weights where its training "
+        "sets amp and channels_last).",
         "",
         "| recipe | images/step | batch ms | forward ms | backward+step ms | images/s |",
         "|---|---|---|---|---|---|",

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from siamkit.checkpoint import atomic_write_text, load_state, load_weights
+from siamkit.checkpoint import atomic_write_text, load_state, load_tensors, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
 from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData, Splits
@@ -90,6 +90,11 @@ class TrainRecipe(_Strict):
     data: ComponentSpec
     data_dir: str | None = None
     encoder: ComponentSpec
+    init_weights: str | None = Field(
+        None,
+        description="safetensors file of pre-trained encoder weights to start from (e.g. "
+        "written by `siamkit convert-face-api`); must match the encoder exactly",
+    )
     head: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="euclidean"))
     loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="contrastive"))
     preprocess: ComponentSpec | None = None
@@ -149,8 +154,12 @@ class RecipeResult:
 
 
 def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
-    """The twin network of a recipe, and its head spec completed with the embedding size."""
+    """The twin network of a recipe (its encoder loaded with ``init_weights`` when given), and
+    its head spec completed with the embedding size."""
     encoder = build_encoder(recipe.encoder)
+    if recipe.init_weights:
+        path = Path(recipe.init_weights)
+        load_weights(encoder, load_tensors(path), path)
     head_spec = recipe.head
     if head_spec.name == "learned" and "embedding_dim" not in head_spec.params:
         head_spec = ComponentSpec(

@@ -45,6 +45,20 @@ def train(
     console.print(f"model saved to {result.model_dir}")
 
 
+@app.command("convert-face-api")
+def convert_face_api(
+    model_dir: Annotated[
+        Path, typer.Argument(help="face-api's model/ folder (npm package @vladmandic/face-api).")
+    ],
+    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+) -> None:
+    """Convert face-api.js's pre-trained face-recognition weights (dlib's ResNet) into a
+    safetensors file for the face_resnet encoder (a recipe's init_weights)."""
+    from siamkit.encoders.face_api import convert_face_api as convert
+
+    console.print(f"face_resnet weights written to {convert(model_dir, out)}")
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder.")],

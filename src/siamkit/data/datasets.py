@@ -50,8 +50,11 @@ def digits(
     return Splits(known.train, known.val, data.subset((~seen).nonzero().squeeze(1)))
 
 
-def read_image_folder(root: str | Path, size: Sequence[int], mode: str = "L") -> LabelledData:
-    """A folder-per-class image tree (``root/<class>/<image>``) as uint8 (N, C, H, W)."""
+def read_image_folder(
+    root: str | Path, size: Sequence[int], mode: str = "L", **framing: Any
+) -> LabelledData:
+    """A folder-per-class image tree (``root/<class>/<image>``) as uint8 (N, C, H, W);
+    ``framing`` (``crop``, ``pad_square``) goes to :class:`ImagePreprocessor`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
@@ -66,7 +69,7 @@ def read_image_folder(root: str | Path, size: Sequence[int], mode: str = "L") ->
         raise DataError(
             f"{root}: no images found in class sub-folders (expected root/<class>/<image>)"
         )
-    pre = ImagePreprocessor(size, mode)
+    pre = ImagePreprocessor(size, mode, **framing)
     x = torch.stack([pre.one(f) for f, _ in files]).mul(255).round().to(torch.uint8)
     return LabelledData(
         x, torch.tensor([label for _, label in files]), [d.name for d in class_dirs]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,13 +39,16 @@ def check_layout(root: Path) -> None:
         )
 
 
-def read_att_faces(root: str | Path, size: Sequence[int] = (56, 46)) -> LabelledData:
-    """Every image under ``root`` as uint8 (N, 1, H, W); labels index the ``sN`` folders."""
+def read_att_faces(
+    root: str | Path, size: Sequence[int] = (56, 46), **framing: Any
+) -> LabelledData:
+    """Every image under ``root`` as uint8 (N, 1, H, W); labels index the ``sN`` folders;
+    ``framing`` (``crop``, ``pad_square``) as in :class:`ImagePreprocessor`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: AT&T faces folder not found")
     check_layout(root)
-    return read_image_folder(root, size, "L")
+    return read_image_folder(root, size, "L", **framing)
 
 
 def people_folds(
@@ -81,14 +85,20 @@ def att_faces(
     test_people: int = 12,
     val_people: int = 4,
     seed: int = 0,
+    crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+    pad_square: bool = False,
 ) -> Splits:
-    """AT&T faces split by person for ``fold`` (see the module docstring); ``size`` is (H, W)."""
+    """AT&T faces split by person for ``fold`` (see the module docstring); ``size`` is (H, W);
+    ``crop`` and ``pad_square`` frame the raw images first (see :class:`ImagePreprocessor`)."""
     if len(size) != 2 or min(size) < 8:
         raise ConfigError(f"att_faces size: expected (height, width) >= 8 px, got {list(size)}")
-    data = read_att_faces(dataset_dir(NAME, data_dir), size)
+    preprocessor = ImagePreprocessor(size, "L", crop=crop, pad_square=pad_square)
+    data = read_att_faces(dataset_dir(NAME, data_dir), size, crop=crop, pad_square=pad_square)
     n_people = len(data.classes or [])
     train, val, test = people_folds(n_people, test_people, val_people, fold, seed)
-    preprocess = ImagePreprocessor(size, "L").spec
     return Splits(
-        _people(data, train), _people(data, val), _people(data, test), preprocess.model_dump()
+        _people(data, train),
+        _people(data, val),
+        _people(data, test),
+        preprocessor.spec.model_dump(),
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import v2
@@ -75,35 +76,77 @@ def open_image(source: str | Path | Image.Image | np.ndarray, mode: str) -> Imag
 
 
 class ImagePreprocessor:
-    """Read images as ``mode`` ("L" grey or "RGB"), resize to ``size`` (H, W), optionally invert
-    (dark ink on white -> bright on black), and return a float batch (B, C, H, W) in [0, 1]."""
+    """Read images as ``mode`` ("L" grey or "RGB"), frame them, resize to ``size`` (H, W),
+    optionally invert (dark ink on white -> bright on black), and return a float batch
+    (B, C, H, W) in [0, 1].
 
-    def __init__(self, size: Sequence[int], mode: str = "L", invert: bool = False) -> None:
+    Framing (off by default): ``crop`` trims the given fractions of the height or width from the
+    (top, bottom, left, right) edges, and ``pad_square`` centres the result on a black square, so
+    that e.g. loosely cropped face photos match the framing a pre-trained face model expects.
+    """
+
+    def __init__(
+        self,
+        size: Sequence[int],
+        mode: str = "L",
+        invert: bool = False,
+        crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        pad_square: bool = False,
+    ) -> None:
         if mode not in ("L", "RGB"):
             raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
+        if len(crop) != 4 or not all(0 <= c < 0.5 for c in crop):
+            raise ConfigError(
+                f"image crop: expected 4 fractions (top, bottom, left, right) in [0, 0.5), "
+                f"got {list(crop)}"
+            )
         self.size, self.mode, self.invert = (int(size[0]), int(size[1])), mode, invert
+        self.crop, self.pad_square = tuple(float(c) for c in crop), pad_square
 
     @property
     def spec(self) -> ComponentSpec:
         """The spec that rebuilds this preprocessor."""
-        return ComponentSpec(
-            name="image", params={"size": list(self.size), "mode": self.mode, "invert": self.invert}
-        )
+        params: dict[str, Any] = {"size": list(self.size), "mode": self.mode, "invert": self.invert}
+        if any(self.crop) or self.pad_square:
+            params |= {"crop": list(self.crop), "pad_square": self.pad_square}
+        return ComponentSpec(name="image", params=params)
+
+    def frame(self, x: Tensor) -> Tensor:
+        """Apply ``crop`` and ``pad_square`` to a (C, H, W) image."""
+        height, width = x.shape[-2:]
+        top, bottom, left, right = self.crop
+        x = x[..., round(top * height) : height - round(bottom * height),
+              round(left * width) : width - round(right * width)]  # fmt: skip
+        if self.pad_square:
+            height, width = x.shape[-2:]
+            side = max(height, width)
+            across, down = side - width, side - height
+            x = F.pad(x, (across // 2, across - across // 2, down // 2, down - down // 2))
+        return x
 
     def one(self, source: Any) -> Tensor:
         """One input -> (C, H, W) float tensor."""
         if isinstance(source, Tensor):
             x = source.float() / 255 if not source.is_floating_point() else source
-            return v2.functional.resize(x, list(self.size), antialias=True)
-        image = open_image(source, self.mode).resize(self.size[::-1], Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
-        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+            return v2.functional.resize(self.frame(x), list(self.size), antialias=True)
+        image = open_image(source, self.mode)
+        if any(self.crop) or self.pad_square:
+            framed = self.frame(_channels_first(np.array(image)))
+            image = Image.fromarray(framed.permute(1, 2, 0).squeeze(2).numpy())
+        image = image.resize(self.size[::-1], Image.Resampling.BILINEAR)
+        x = _channels_first(np.asarray(image, dtype=np.float32) / 255)
         return 1 - x if self.invert else x
 
     def __call__(self, sources: Sequence[Any]) -> Tensor:
         if len(sources) == 0:
             raise DataError("no inputs to preprocess")
         return torch.stack([self.one(s) for s in sources])
+
+
+def _channels_first(pixels: np.ndarray) -> Tensor:
+    """(H, W) or (H, W, C) pixels -> (C, H, W) tensor."""
+    x = torch.from_numpy(pixels)
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
 
 
 @PREPROCESSORS.register("image")
