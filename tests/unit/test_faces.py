@@ -214,3 +214,24 @@ def test_conv4_flip_average_makes_eval_embeddings_mirror_invariant():
         assert torch.allclose(flip(x), (plain(x) + plain(x.flip(-1))) / 2, atol=1e-5)
         flip.train()  # training sees the images as given (augmentation flips them at random)
         assert not torch.allclose(flip(x), flip(x.flip(-1)), atol=1e-4)
+
+
+def test_conv4_shift_average_is_eval_only_and_averages_shifted_copies():
+    from siamkit.encoders.conv import shifted
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert shifted(x, 1, 0)[0, 0, 0].tolist() == [0.0, 0.0, 1.0, 2.0]
+    assert shifted(x, 0, -1)[0, 0, :, 0].tolist() == [4.0, 8.0, 12.0, 0.0]
+    torch.manual_seed(0)
+    spec = {"input_size": 16, "channels": 8, "embedding_dim": 6}
+    plain = build_encoder({"name": "conv4", "params": spec}).eval()
+    tta = build_encoder({"name": "conv4", "params": {**spec, "shift_average": 2}})
+    tta.load_state_dict(plain.state_dict())
+    images = torch.rand(3, 1, 16, 16)
+    views = [images] + [shifted(images, dx, dy) for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))]
+    with torch.no_grad():
+        expected = torch.stack([plain(v) for v in views]).mean(0)
+        torch.testing.assert_close(tta.eval()(images), expected)
+        assert torch.equal(tta.train()(images), plain.train()(images))
+    with pytest.raises(ConfigError, match="shift_average"):
+        build_encoder({"name": "conv4", "params": {**spec, "shift_average": -1}})

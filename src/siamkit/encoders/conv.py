@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamkit.encoders.base import Encoder, flat_size
 from siamkit.encoders.registry import ENCODERS
+from siamkit.errors import ConfigError
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -22,9 +25,10 @@ class Conv4(Encoder):
     """Conv-4 (Vinyals et al. 2016; Snell et al. 2017): 4 x [conv3x3, BN, ReLU, maxpool 2].
 
     The flattened feature map is the embedding unless ``embedding_dim`` asks for a linear
-    projection to that size. ``flip_average`` (test-time augmentation, in eval mode only) averages
-    each image's features with those of its horizontal mirror, so the embedding is mirror-invariant
-    wherever the model is used (``embed``, ``verify``, galleries).
+    projection to that size. Test-time augmentation (eval mode only, so it applies wherever the
+    model is used: ``embed``, ``verify``, galleries): ``flip_average`` averages each image's
+    features with those of its horizontal mirror; ``shift_average`` = s > 0 also averages over
+    four copies shifted by s pixels left, right, up and down (zero fill).
     """
 
     def __init__(
@@ -36,10 +40,13 @@ class Conv4(Encoder):
         embedding_dim: int | None = None,
         normalize: bool = False,
         flip_average: bool = False,
+        shift_average: int = 0,
     ) -> None:
         super().__init__(normalize)
+        if shift_average < 0:
+            raise ConfigError(f"conv4 shift_average: expected pixels >= 0, got {shift_average}")
         self.in_channels = in_channels
-        self.flip_average = flip_average
+        self.flip_average, self.shift_average = flip_average, shift_average
         layers: list[nn.Module] = []
         c_in = in_channels
         for _ in range(blocks):
@@ -56,10 +63,22 @@ class Conv4(Encoder):
         self.embedding_dim = n if embedding_dim is None else embedding_dim
 
     def features(self, x: Tensor) -> Tensor:
-        out = self.projection(self.trunk(x))
-        if self.flip_average and not self.training:
-            out = (out + self.projection(self.trunk(x.flip(-1)))) / 2
-        return out
+        views = [x] if self.training else self.test_views(x)
+        return torch.stack([self.projection(self.trunk(view)) for view in views]).mean(0)
+
+    def test_views(self, x: Tensor) -> list[Tensor]:
+        """The image, its mirror (``flip_average``) and its shifted copies (``shift_average``)."""
+        views = [x, x.flip(-1)] if self.flip_average else [x]
+        s = self.shift_average
+        return views + [shifted(x, dx, dy) for dx, dy in ((s, 0), (-s, 0), (0, s), (0, -s)) if s]
+
+
+def shifted(x: Tensor, dx: int, dy: int) -> Tensor:
+    """``x`` (..., H, W) moved ``dx`` pixels right and ``dy`` down, zero-filled."""
+    height, width = x.shape[-2:]
+    pad = max(abs(dx), abs(dy))
+    padded = F.pad(x, (pad, pad, pad, pad))
+    return padded[..., pad - dy : pad - dy + height, pad - dx : pad - dx + width]
 
 
 @ENCODERS.register("koch")
