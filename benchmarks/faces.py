@@ -171,6 +171,10 @@ def pct(summary: dict[str, dict[str, float]], key: str) -> str:
     return f"{100 * summary[key]['mean']:.2f} ± {100 * summary[key]['std']:.2f}%"
 
 
+def rounded(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def report(rows: list[dict], args: argparse.Namespace, env: dict, wall: float) -> None:
     """Print the table and write the results files."""
     by_method: dict[str, list[dict]] = {}
@@ -210,10 +214,7 @@ def report(rows: list[dict], args: argparse.Namespace, env: dict, wall: float) -
         "wall_s": round(wall, 1),
     }
     fold_keys = ["config", "fold", *keys, "crop_top", "threshold", "best_epoch", "train_s"]
-    fold_rows = [
-        {k: (round(r[k], 4) if isinstance(r[k], float) else r.get(k, "-")) for k in fold_keys}
-        for r in rows
-    ]
+    fold_rows = [{k: rounded(r.get(k, "-")) for k in fold_keys} for r in rows]
     described = "".join(f"- `{c}`: {describe(recipes[c])}\n" for c in summaries)
     markdown = (
         "# Faces: AT&T / ORL, people never seen in training\n\n"
@@ -269,8 +270,9 @@ def main() -> None:
         for fold in args.folds:
             console.rule(f"{shown(config)}, fold {fold}")
             row = run_fold(config, fold, args.epochs, args.out, args.trials, args.crop_grid)
-            console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            console.print({k: rounded(v) for k, v in row.items()})
             rows.append(row)
+            (args.out / "rows.json").write_text(json.dumps(rows, indent=1))  # kept if report fails
     seed = load_recipe(args.configs[0]).seed
     env = environment(seed, PACKAGES)
     report(rows, args, env, time.perf_counter() - start)
