@@ -1,6 +1,7 @@
 """Text benchmark: STS-B, MRPC paraphrase detection and few-shot text classification.
 
-Models: (a) the seeds' Siamese LSTM trained from scratch on STS-B train (configs/stsb-lstm.yaml),
+Models: (a) the seeds' Siamese LSTM (both directions, max-pooled) trained from scratch on STS-B
+train (configs/stsb-lstm.yaml),
 (a') a BiLSTM-max on frozen MiniLM word-piece vectors (configs/stsb-lstm-init.yaml),
 (b) all-MiniLM-L6-v2 as shipped (zero-shot), (c) MiniLM fine-tuned by siamkit on STS-B train
 (configs/stsb-minilm.yaml), (d) MiniLM fine-tuned on MRPC train (configs/mrpc-minilm.yaml).
@@ -55,7 +56,7 @@ RECIPES = {
     "mrpc": ROOT / "configs" / "mrpc-minilm.yaml",
 }
 LABELS = {
-    "lstm": "(a) Siamese LSTM, from scratch on STS-B train",
+    "lstm": "(a) Siamese BiLSTM-max, from scratch on STS-B train",
     "lstm_init": "(a') Siamese BiLSTM-max on frozen MiniLM word-piece vectors (see recipe)",
     "zeroshot": "(b) all-MiniLM-L6-v2 as shipped (zero-shot)",
     "minilm": "(c) all-MiniLM-L6-v2 fine-tuned on STS-B train",
