@@ -24,7 +24,7 @@ from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData, Splits
 from siamkit.data.transforms import build_augmentation
 from siamkit.encoders import build_encoder
-from siamkit.errors import ConfigError
+from siamkit.errors import CheckpointError, ConfigError
 from siamkit.evaluation.fewshot import FewShotResult, evaluate_episodes
 from siamkit.evaluation.plots import roc_plot, score_histogram
 from siamkit.evaluation.verification import (
@@ -159,6 +159,11 @@ def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
     encoder = build_encoder(recipe.encoder)
     if recipe.init_weights:
         path = Path(recipe.init_weights)
+        if not path.is_file():
+            raise CheckpointError(
+                f"init_weights {path}: file not found (relative paths start from the current "
+                "folder; face_resnet weights come from `make face-weights`)"
+            )
         load_weights(encoder, load_tensors(path), path)
     head_spec = recipe.head
     if head_spec.name == "learned" and "embedding_dim" not in head_spec.params:
