@@ -258,7 +258,8 @@ def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
         f"Machine: {env['machine']}; versions {env['versions']}; torch threads {env['threads']} "
         f"(OMP_NUM_THREADS={env['OMP_NUM_THREADS']}); load average {env['load_average']} when "
         "this report was written. Wall times of stages run while other jobs shared the 2 cores are "
-        "inflated; CPU minutes are the training process's CPU time on one thread.", "",
+        "inflated; CPU minutes are the training process's CPU time summed over its threads (see "
+        "each stage's command for OMP_NUM_THREADS).", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(row) + " |" for row in rows), "",
         "STS-B: Spearman/Pearson x 100 of cosine vs gold on sts-test (1,379 pairs). MRPC: "
@@ -309,7 +310,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.runs.mkdir(parents=True, exist_ok=True)
-    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python " + shlex.join(sys.argv)
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    command = f"OMP_NUM_THREADS={threads} HF_HUB_OFFLINE=1 python " + shlex.join(sys.argv)
     for name in [] if args.report_only else args.stages:
         console.rule(LABELS[name])
         record = {**run_stage(name, args.runs), "command": command, "finished_at": time.time()}
