@@ -510,7 +510,7 @@ def main() -> None:
     rows.append(pixel_row(test, runs, size) | {"command": command})
     earlier = previous_results(args)
     if earlier is not None:
-        rows += kept_rows(earlier, methods)
+        rows += kept_rows(earlier, {(m.config, False) for m in methods})
         profile, ops = {**earlier["profile"], **profile}, ops or earlier["profile_top_ops"]
     for done, method in enumerate(methods, 1):
         console.rule(method.name)
@@ -520,6 +520,7 @@ def main() -> None:
         rows.append(row)
         rows.sort(key=table_position)
         console.print({k: v for k, v in row.items() if not k.endswith("_ci95")})
+        rows = refreshed(args, rows, command)
         write_results(args, rows, profile, ops, started, f"{done} of {len(methods)}")
     best, _ = best_rows(rows)
     rows = [
@@ -528,6 +529,7 @@ def main() -> None:
     augmented = tta_row(best, test, runs)
     if augmented:
         rows = sorted([*rows, augmented | {"command": command}], key=table_position)
+    rows = refreshed(args, rows, command)
     write_results(args, rows, profile, ops, started, f"{len(methods)} of {len(methods)} + TTA")
     print_table(with_references(rows))
 
@@ -549,13 +551,17 @@ def table_position(row: dict[str, Any]) -> int:
     return configs.index(row["config"]) if "config" in row else -1
 
 
-def kept_rows(earlier: dict[str, Any], rerun: list[Method]) -> list[dict[str, Any]]:
-    """Rows of the methods this run does not train, from the previous results (each keeps the
+def row_key(row: dict[str, Any]) -> tuple[str | None, bool]:
+    """A results row's identity: its recipe, with or without test-time augmentation."""
+    return row.get("config"), bool(row.get("test_time_augmentation"))
+
+
+def kept_rows(earlier: dict[str, Any], skip: set[tuple[str | None, bool]]) -> list[dict[str, Any]]:
+    """The measured rows of the previous results except those keyed in ``skip`` (each keeps the
     command that measured it), so that ``--methods`` re-runs some without losing the rest."""
-    skip = {m.config for m in rerun}
     rows = []
     for row in earlier["methods"]:
-        if not row.get("measured") or "config" not in row or row["config"] in skip:
+        if not row.get("measured") or "config" not in row or row_key(row) in skip:
             continue
         row.setdefault("command", earlier["environment"]["command"])
         if "val_auc" not in row:  # older files: the best validation AUC from the run's history
@@ -565,6 +571,17 @@ def kept_rows(earlier: dict[str, Any], rerun: list[Method]) -> list[dict[str, An
             row["val_auc"] = max(e.get("auc", 0.0) for e in history["epochs"])
         rows.append(row)
     return rows
+
+
+def refreshed(args: argparse.Namespace, rows: list[dict], command: str) -> list[dict]:
+    """This run's own rows plus every other row as the results file holds it now, so that two
+    ``--methods`` runs at the same time keep each other's new rows."""
+    latest = previous_results(args)
+    if latest is None:
+        return rows
+    own = [r for r in rows if r.get("command") == command]
+    keys = {row_key(r) for r in own}
+    return sorted(own + kept_rows(latest, keys), key=table_position)
 
 
 def with_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
