@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import siamkit
 from siamkit.data.datasets import build_dataset
 from siamkit.data.omniglot import (
     BACKGROUND_ZIP,
@@ -200,3 +201,19 @@ def test_koch_affine_distorts_uint8_items_in_place_of_shape(folder):
     out = koch_affine()(item)
     assert out.shape == item.shape and out.dtype == torch.uint8
     assert not torch.equal(out, item)
+
+
+def test_runs_report_names_the_test_time_augmentation_of_the_model(tmp_path):
+    from siamkit.encoders import build_encoder
+    from siamkit.evaluation.omniglot_runs import augmentation
+    from siamkit.heads import HEADS
+    from siamkit.siamese import SiameseNetwork
+
+    spec = {"name": "conv4", "params": {"input_size": 16, "channels": 8, "shift_average": 2}}
+    net = SiameseNetwork(build_encoder(spec), HEADS.build({"name": "euclidean"}))
+    shifted = siamkit.load(siamkit.save_model(tmp_path / "a", net, spec, {"name": "euclidean"}))
+    assert augmentation(shifted) == "test-time augmentation: shift_average 2"
+    plain_spec = {"name": "conv4", "params": {"input_size": 16, "channels": 8}}
+    net = SiameseNetwork(build_encoder(plain_spec), HEADS.build({"name": "euclidean"}))
+    plain = siamkit.load(siamkit.save_model(tmp_path / "b", net, plain_spec, {"name": "euclidean"}))
+    assert augmentation(plain) == "no test-time augmentation"

@@ -78,6 +78,9 @@ def _parse_labels(text: str, where: str) -> list[tuple[str, str]]:
     return pairs
 
 
+TTA_OPTIONS = ("flip_average", "shift_average")  # encoder options that average augmented views
+
+
 def read_runs(path: Path | str) -> list[Run]:
     """Read every run of Lake's ``all_runs.zip`` (``runNN/class_labels.txt`` + images)."""
     path = Path(path)
@@ -148,10 +151,17 @@ def evaluate_runs(model: Model, path: Path) -> Report:
     ]
     notes = [
         "accuracy = mean over runs (each run: fraction of its 20 test items whose highest-scoring "
-        "training image is the right one); ± = 95% CI over runs; no test-time augmentation",
+        f"training image is the right one); ± = 95% CI over runs; {augmentation(model)}",
         "reference (not measured here): Koch et al. 92.0%, people 95.5%, BPL 96.7%",
     ]
     return Report(f"Omniglot one-shot runs in {path.name}", rows, notes)
+
+
+def augmentation(model: Model) -> str:
+    """Whether the model's encoder averages test-time augmented views (and which)."""
+    params = model.config.encoder.params
+    used = [f"{name} {params[name]}" for name in TTA_OPTIONS if params.get(name)]
+    return "test-time augmentation: " + ", ".join(used) if used else "no test-time augmentation"
 
 
 def model_similarity(model: Model) -> Similarity:
