@@ -545,10 +545,11 @@ def previous_results(args: argparse.Namespace) -> dict[str, Any] | None:
     )
 
 
-def table_position(row: dict[str, Any]) -> int:
-    """Pixel baseline first, then the methods in METHODS order."""
+def table_position(row: dict[str, Any]) -> tuple[int, bool]:
+    """Pixel baseline first, then the methods in METHODS order (each before its TTA row)."""
     configs = [m.config for m in METHODS]
-    return configs.index(row["config"]) if "config" in row else -1
+    index = configs.index(row["config"]) if "config" in row else -1
+    return index, bool(row.get("test_time_augmentation"))
 
 
 def row_key(row: dict[str, Any]) -> tuple[str | None, bool]:
