@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 import siamkit
-from benchmarks_common import environment, shown
+from benchmarks_common import environment, shown, target_report
 from siamkit.data.datasets import build_dataset
 from siamkit.data.episodes import sample_episodes
 from siamkit.data.labelled import LabelledData
@@ -43,7 +43,7 @@ from siamkit.evaluation.omniglot_runs import model_similarity, read_runs, score_
 from siamkit.heads import EuclideanHead, Head
 from siamkit.losses import build_loss
 from siamkit.recipe import build_batches, build_network, load_recipe, parse_recipe, run_recipe
-from siamkit.training import batch_loss, build_optimizer
+from siamkit.training import autocast, batch_loss, build_optimizer, use_memory_format
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -158,8 +158,7 @@ def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any
     """Network (in the recipe's memory format), loss, batches (epoch 0) and optimizer."""
     torch.manual_seed(recipe.seed)
     network, _ = build_network(recipe)
-    if recipe.training.channels_last:
-        network.to(memory_format=torch.channels_last)
+    use_memory_format(network, recipe.training)
     loss = build_loss(recipe.loss, network)
     batches = build_batches(recipe, loss, train)
     optimizer = build_optimizer(
@@ -168,11 +167,6 @@ def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any
     network.train()
     batches.set_epoch(0)
     return network, loss, batches, optimizer
-
-
-def recipe_autocast(recipe: Any) -> torch.autocast:
-    """bfloat16 autocast when the recipe trains with ``amp``, as ``fit`` does on CPU."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.training.amp)
 
 
 def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, float]:
@@ -187,7 +181,7 @@ def profile_steps(recipe: Any, train: LabelledData, steps: int) -> dict[str, flo
         t0 = time.perf_counter()
         batch = next(source)
         t1 = time.perf_counter()
-        with recipe_autocast(recipe):
+        with autocast(recipe.training, torch.device("cpu")):
             value = batch_loss(network, loss, batch)
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -209,7 +203,7 @@ def top_ops(recipe: Any, train: LabelledData, steps: int = 3) -> list[dict[str, 
     source = iter(batches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            with recipe_autocast(recipe):
+            with autocast(recipe.training, torch.device("cpu")):
                 value = batch_loss(network, loss, next(source))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
@@ -391,7 +385,21 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def markdown(rows, profile, ops, best, tta, env) -> str:
+def targets(head: dict[str, Any]) -> str:
+    """The issue's targets for the headline (best) recipe: met, or missed and by how much."""
+    return target_report(
+        [
+            ("official 20-way 1-shot", head["official_20way_1shot"], 0.955, ">="),
+            ("within 20-way 1-shot", head["within_20way_1shot"], 0.95, ">="),
+            ("within 5-way 1-shot", head["within_5way_1shot"], 0.99, ">="),
+            ("within 20-way 5-shot", head["within_20way_5shot"], 0.985, ">="),
+            ("across 20-way 1-shot", head["across_20way_1shot"], 0.97, ">="),
+            ("train minutes", head["train_minutes"], 30.0, "<="),
+        ]
+    )
+
+
+def markdown(rows, profile, ops, best, tta, env, verdict: str) -> str:
     lines = [
         "# Omniglot one-shot learning",
         "",
@@ -438,6 +446,7 @@ def markdown(rows, profile, ops, best, tta, env) -> str:
             f"config sets `shift_average`): `{command}`.",
             "",
         ]
+    lines += [f"Targets (headline recipe, as in the results JSON): {verdict}.", ""]
     lines += [
         "## Where a training step's time goes",
         "",
@@ -605,10 +614,12 @@ def write_results(args, rows, profile, ops, started: float, finished: str) -> No
     env = run_environment(args, time.perf_counter() - started)
     env["methods_finished"] = finished
     args.out.mkdir(parents=True, exist_ok=True)
-    page = markdown(with_references(rows), profile, ops, best, tta, env)
+    head = headline(best, tta)
+    head["targets"] = targets(head)
+    page = markdown(with_references(rows), profile, ops, best, tta, env, head["targets"])
     (args.out / "omniglot.md").write_text(page)
     result = {
-        **headline(best, tta),
+        **head,
         "environment": env,
         "methods": with_references(rows),
         "profile": profile,

@@ -85,6 +85,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_memory_format(network: nn.Module, config: TrainConfig) -> None:
+    """NHWC weights when ``config.channels_last`` asks for them."""
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
+
+
+def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """Mixed precision when ``config.amp``: bfloat16 on CPU, float16 on CUDA."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=config.amp)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -229,8 +241,7 @@ def fit(
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     network.to(device)
-    if config.channels_last:
-        network.to(memory_format=torch.channels_last)
+    use_memory_format(network, config)
     loss.to(device)
     optimizer = build_optimizer(trainable_parameters(network, loss), config)
     schedule = build_schedule(optimizer, config)
@@ -297,11 +308,10 @@ class _Step:
     def __init__(self, network, loss, optimizer, device: torch.device, config: TrainConfig):
         self.network, self.loss, self.optimizer, self.device = network, loss, optimizer, device
         self.config = config
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
 
     def __call__(self, batch: Any) -> Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.amp):
+        with autocast(self.config, self.device):
             value = batch_loss(self.network, self.loss, to_device(batch, self.device))
         if not torch.isfinite(value):
             raise DataError(

@@ -63,7 +63,9 @@ class Conv4(Encoder):
         self.embedding_dim = n if embedding_dim is None else embedding_dim
 
     def features(self, x: Tensor) -> Tensor:
-        views = [x] if self.training else self.test_views(x)
+        if self.training:
+            return self.projection(self.trunk(x))
+        views = self.test_views(x)
         return torch.stack([self.projection(self.trunk(view)) for view in views]).mean(0)
 
     def test_views(self, x: Tensor) -> list[Tensor]:
