@@ -30,7 +30,7 @@ from rich.table import Table  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from benchmarks_common import environment  # noqa: E402
+from benchmarks_common import environment, target_report  # noqa: E402
 from siamkit.data.paths import dataset_dir  # noqa: E402
 from siamkit.data.signatures import SignatureSet, read_signature_tree, writer_folds  # noqa: E402
 from siamkit.encoders import build_encoder  # noqa: E402
@@ -319,17 +319,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(h: dict[str, Any]) -> str:
-    checks = [
-        ("skilled EER", h["skilled_eer"], 0.05, "<="),
-        ("skilled accuracy", h["skilled_accuracy"], 0.95, ">="),
-        ("random EER", h["random_eer"], 0.01, "<="),
-        ("train minutes", h["train_minutes"], 30.0, "<="),
-    ]
-    out = []
-    for name, value, goal, op in checks:
-        met = value <= goal if op == "<=" else value >= goal
-        out.append(f"{name} {'met' if met else 'missed'} ({value:.4g} vs {op} {goal})")
-    return "; ".join(out)
+    return target_report(
+        [
+            ("skilled EER", h["skilled_eer"], 0.05, "<="),
+            ("skilled accuracy", h["skilled_accuracy"], 0.95, ">="),
+            ("random EER", h["random_eer"], 0.01, "<="),
+            ("train minutes", h["train_minutes"], 30.0, "<="),
+        ]
+    )
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks_common import environment
+from benchmarks_common import environment, target_report
 from siamkit.data.text import read_mrpc, read_stsb, read_stsb_sources
 from siamkit.encoders import build_encoder
 from siamkit.heads import CosineHead
@@ -229,9 +229,22 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def targets(head: dict[str, Any]) -> str:
+    """The issue's targets: met, or missed and by how much."""
+    return target_report(
+        [
+            ("fine-tuned MiniLM STS-B Spearman", head["stsb_spearman_finetuned"], 0.86, ">="),
+            ("fine-tuning minutes", head["finetune_minutes"], 30.0, "<="),
+            ("seed LSTM from scratch STS-B Spearman", head["stsb_spearman_lstm"], 0.72, ">="),
+            ("paraphrase F1", head["paraphrase_f1"], 0.85, ">="),
+        ]
+    )
+
+
 def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
     env = run_environment()
     head = headline(stages)
+    head["targets"] = targets(head)
     rows = table_rows(stages)
     table = Table(title="siamkit text benchmark")
     for column in COLUMNS:
