@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from siamkit.checkpoint import (
     atomic_write_text,
@@ -61,6 +62,13 @@ class TrainConfig(BaseModel):
         False, description="NHWC weights for conv nets (with amp ~2-3x faster on AVX-512 CPUs)"
     )
     grad_clip: float | None = Field(None, gt=0)
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (Polyak averaging, "
+        "e.g. 0.999 per step); validation, the best weights and the result use the average",
+    )
     threads: int | None = Field(None, ge=1)
 
 
@@ -169,10 +177,13 @@ class _Checkpoints:
     def exists(self) -> bool:
         return (self.folder / "state.json").is_file()
 
-    def save(self, network, optimizer, schedule, history: History, epoch: int) -> None:
+    def save(
+        self, network, optimizer, schedule, history: History, epoch: int, average=None
+    ) -> None:
         state = {
             "epoch": epoch,
             "model": network.state_dict(),
+            "average": average.state_dict() if average is not None else None,
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict() if schedule is not None else None,
             "rng": torch.get_rng_state(),
@@ -183,9 +194,16 @@ class _Checkpoints:
     def save_best(self, network: nn.Module) -> None:
         save_tensors(self.folder / "best.safetensors", network.state_dict())
 
-    def restore(self, network, optimizer, schedule, history: History) -> int:
+    def restore(self, network, optimizer, schedule, history: History, average=None) -> int:
         state = load_state(self.folder, "state")
         load_weights(network, state["model"], self.folder / "state.safetensors")
+        if average is not None:
+            if state.get("average") is None:
+                raise CheckpointError(
+                    f"{self.folder}: the checkpoint has no weight average; resume with the "
+                    "ema_decay it was trained with"
+                )
+            load_weights(average, state["average"], self.folder / "state.safetensors")
         try:
             optimizer.load_state_dict(state["optimizer"])
             if schedule is not None and state["schedule"] is not None:
@@ -232,7 +250,8 @@ def fit(
     ``resume`` training continues after the last saved epoch. Early stopping waits
     ``early_stopping_patience`` epochs without improvement. Ctrl-C stops after saving, and the
     run can be resumed. On return the network holds the best weights (last ones without
-    validation).
+    validation). With ``config.ema_decay`` the moving average of the weights is what is
+    validated, kept as best and returned.
     """
     out_dir = Path(out_dir)
     checkpoints = _Checkpoints(out_dir / "checkpoint")
@@ -246,14 +265,16 @@ def fit(
     optimizer = build_optimizer(trainable_parameters(network, loss), config)
     schedule = build_schedule(optimizer, config)
     history = History()
+    average = weight_average(network, config)
+    evaluated = network if average is None else average.module
     start = 0
     if resume:
         if not checkpoints.exists():
             raise CheckpointError(f"{checkpoints.folder}: nothing to resume (no state.json)")
-        start = checkpoints.restore(network, optimizer, schedule, history)
+        start = checkpoints.restore(network, optimizer, schedule, history, average)
     if len(batches) == 0:
         raise DataError("the training batch source yields no batches")
-    step = _Step(network, loss, optimizer, device, config)
+    step = _Step(network, loss, optimizer, device, config, average)
     progress = _progress() if show_progress else None
     if progress is not None:
         progress.start()
@@ -264,20 +285,20 @@ def fit(
                 break
             record = step.epoch(batches, epoch, progress, _metric_text(history, monitor))
             if validate is not None:
-                network.eval()
+                evaluated.eval()
                 with torch.no_grad():
-                    record.update(validate(network))
+                    record.update(validate(evaluated))
                 if monitor not in record:
                     raise ConfigError(f"validation returned {sorted(record)}; no {monitor!r}")
                 if history.best_metric is None or record[monitor] > history.best_metric:
                     history.best_metric, history.best_epoch = record[monitor], epoch
-                    checkpoints.save_best(network)
+                    checkpoints.save_best(evaluated)
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 schedule.step(record.get(monitor, -record["loss"]))
             elif schedule is not None:
                 schedule.step()
             history.epochs.append(record)
-            checkpoints.save(network, optimizer, schedule, history, epoch)
+            checkpoints.save(network, optimizer, schedule, history, epoch, average)
             atomic_write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
     except KeyboardInterrupt:
         history.interrupted = True
@@ -286,8 +307,20 @@ def fit(
             progress.stop()
     if validate is not None and history.best_epoch is not None:
         checkpoints.load_best(network)
+    elif average is not None:
+        network.load_state_dict(average.module.state_dict())
     network.eval()
     return history
+
+
+def weight_average(network: nn.Module, config: TrainConfig) -> AveragedModel | None:
+    """The exponential moving average of ``network``'s weights and buffers that ``fit`` keeps
+    when ``config.ema_decay`` is set (None otherwise)."""
+    if config.ema_decay is None:
+        return None
+    return AveragedModel(
+        network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+    )
 
 
 def _metric_text(history: History, monitor: str) -> str:
@@ -305,9 +338,11 @@ def _epochs_without_gain(history: History) -> int:
 class _Step:
     """One optimisation step at a time, with AMP and gradient clipping when configured."""
 
-    def __init__(self, network, loss, optimizer, device: torch.device, config: TrainConfig):
+    def __init__(
+        self, network, loss, optimizer, device: torch.device, config: TrainConfig, average=None
+    ):
         self.network, self.loss, self.optimizer, self.device = network, loss, optimizer, device
-        self.config = config
+        self.config, self.average = config, average
         self.scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
 
     def __call__(self, batch: Any) -> Tensor:
@@ -324,6 +359,8 @@ class _Step:
             nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update_parameters(self.network)
         return value.detach()
 
     def epoch(self, batches: BatchSource, epoch: int, progress, metric: str) -> dict[str, float]:

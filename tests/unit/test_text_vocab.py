@@ -175,3 +175,21 @@ def test_subwords_give_unseen_words_their_own_vectors_and_survive_padding():
     with pytest.raises(ConfigError, match="subwords"):
         build_encoder({"name": "text_rnn", "params": {"subword_buckets": -1}},
                       vocabulary=Vocabulary.build(TEXTS))  # fmt: skip
+
+
+def test_word_dropout_replaces_words_by_unk_in_training_only():
+    torch.manual_seed(0)
+    params = {"embedding_size": 8, "hidden_size": 6, "word_dropout": 0.5}
+    encoder = build_encoder({"name": "text_rnn", "params": params},
+                            vocabulary=Vocabulary.build(TEXTS))  # fmt: skip
+    seen = []
+    encoder.embedding.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    text = [" ".join(["man"] * 40)]
+    encoder.eval()(text)
+    encoder.train()(text)
+    unk = encoder.vocabulary.unk_id
+    assert (seen[0] == unk).sum() == 0
+    assert 5 < int((seen[1] == unk).sum()) < 35
+    with pytest.raises(ConfigError, match="word_dropout"):
+        build_encoder({"name": "text_rnn", "params": {"word_dropout": 1.0}},
+                      vocabulary=Vocabulary.build(TEXTS))  # fmt: skip

@@ -108,3 +108,23 @@ def test_channels_last_bf16_training_learns_and_resumes(tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert [e["epoch"] for e in history.epochs] == [0, 1, 2, 3]
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+
+
+def test_weight_average_is_what_training_returns_and_resumes(blobs, tmp_path):
+    plain, _ = train(blobs, tmp_path / "plain", epochs=3)
+    # A decay of ~0 keeps the current weights: the same result as training without averaging.
+    near_zero, _ = train(blobs, tmp_path / "zero", epochs=3, ema_decay=1e-9)
+    for p, q in zip(plain.parameters(), near_zero.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+    averaged, history = train(blobs, tmp_path / "ema", epochs=3, ema_decay=0.9)
+    assert history.best_metric > 0.95
+    assert not all(
+        torch.allclose(p, q, atol=1e-4)
+        for p, q in zip(plain.parameters(), averaged.parameters(), strict=True)
+    )
+    train(blobs, tmp_path / "resumed", epochs=2, ema_decay=0.9)
+    resumed, _ = train(blobs, tmp_path / "resumed", epochs=3, resume=True, ema_decay=0.9)
+    for p, q in zip(averaged.parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+    with pytest.raises(CheckpointError, match="no weight average"):
+        train(blobs, tmp_path / "plain", epochs=4, resume=True, ema_decay=0.9)

@@ -174,7 +174,9 @@ class RecurrentTextEncoder(Encoder):
     ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional).
     ``freeze_embeddings`` keeps the embedding table fixed (for pre-trained vectors).
     ``subword_buckets`` > 0 adds hashed character n-gram vectors (:class:`SubwordEmbedding`) to
-    each word's vector, which helps with rare and unseen words.
+    each word's vector, which helps with rare and unseen words. ``word_dropout`` replaces each
+    word by ``<unk>`` with that probability during training, so the ``<unk>`` vector that unseen
+    words get at test time is trained too.
     """
 
     input_ndim = 1
@@ -189,6 +191,7 @@ class RecurrentTextEncoder(Encoder):
         bidirectional: bool = False,
         pooling: Literal["mean", "max", "last"] = "mean",
         dropout: float = 0.0,
+        word_dropout: float = 0.0,
         max_length: int = 128,
         freeze_embeddings: bool = False,
         subword_buckets: int = 0,
@@ -201,8 +204,11 @@ class RecurrentTextEncoder(Encoder):
                 f"text encoder: expected cell lstm|gru and pooling mean|max|last, got {cell!r}, "
                 f"{pooling!r}"
             )
+        if not 0.0 <= word_dropout < 1.0:
+            raise ConfigError(f"text encoder: word_dropout must be in [0, 1), got {word_dropout}")
         self.vocabulary = vocabulary
         self.pooling = pooling
+        self.word_dropout = word_dropout
         self.max_length = max_length
         self.embedding = nn.Embedding(
             len(vocabulary), embedding_size, padding_idx=vocabulary.pad_id
@@ -238,6 +244,11 @@ class RecurrentTextEncoder(Encoder):
     def features(self, texts: Sequence[str]) -> Tensor:  # noqa: D102
         ids, lengths = self.token_ids(texts)
         ids = ids.to(self.embedding.weight.device)
+        if self.training and self.word_dropout > 0:
+            dropped = (torch.rand(ids.shape, device=ids.device) < self.word_dropout) & (
+                ids != self.vocabulary.pad_id
+            )
+            ids = ids.masked_fill(dropped, self.vocabulary.unk_id)
         vectors = self.embedding(ids)
         if self.subwords is not None:
             vectors = vectors + self.subwords([tokenize(t) for t in texts], ids.shape[1])
