@@ -5,7 +5,8 @@ Each loss has a ``kind`` saying what it consumes, so the trainer knows how to fe
 - ``"pair"``: ``forward(e1, e2, y)`` with ``y`` a float tensor of 0/1 labels;
 - ``"triplet"``: ``forward(anchor, positive, negative)``;
 - ``"labelled"``: ``forward(embeddings, labels)`` on a class-labelled batch, mining pairs or
-  triplets online inside the batch (pytorch-metric-learning miners).
+  triplets online inside the batch (pytorch-metric-learning miners), or comparing each
+  embedding with learned class proxies (CosFace, ArcFace, normalised softmax, Proxy-Anchor).
 """
 
 from __future__ import annotations
@@ -162,12 +163,56 @@ class MinedTripletLoss(nn.Module):
         self.loss = losses.TripletMarginLoss(margin=margin, distance=dist())
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
-        if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
-            raise DataError(
-                f"mined losses take (batch, dim) embeddings and (batch,) labels, got "
-                f"{tuple(embeddings.shape)} and {tuple(labels.shape)}"
-            )
+        check_labelled(embeddings, labels)
         return self.loss(embeddings, labels, self.miner(embeddings, labels))
+
+
+PROXY_LOSSES = {
+    "cosface": losses.CosFaceLoss,
+    "arcface": losses.ArcFaceLoss,
+    "normalized_softmax": losses.NormalizedSoftmaxLoss,
+    "proxy_anchor": losses.ProxyAnchorLoss,
+}
+
+
+class ProxyLoss(nn.Module):
+    """A loss against one learned proxy (weight vector) per training class, from
+    pytorch-metric-learning: ``cosface`` (Wang et al. 2018, margin 0.35, scale 64), ``arcface``
+    (Deng et al. 2019, margin in degrees), ``normalized_softmax`` (Zhai & Wu 2019) or
+    ``proxy_anchor`` (Kim et al. 2020). The proxies are the loss's parameters (the trainer
+    optimises them with the network); at test time only the embeddings are used, so unseen
+    classes compare as with any other loss. Labels must lie in ``0 .. num_classes - 1``.
+    """
+
+    kind: LossKind = "labelled"
+
+    def __init__(self, name: str, num_classes: int, embedding_size: int, **params: Any) -> None:
+        super().__init__()
+        if name not in PROXY_LOSSES or num_classes < 2:
+            raise ConfigError(
+                f"proxy loss: expected one of {sorted(PROXY_LOSSES)} and num_classes >= 2, got "
+                f"{name!r} and {num_classes}"
+            )
+        self.num_classes = num_classes
+        self.loss = PROXY_LOSSES[name](num_classes, embedding_size, **params)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
+        check_labelled(embeddings, labels)
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise DataError(
+                f"class labels must lie in 0..{self.num_classes - 1} (num_classes), got "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
+        return self.loss(embeddings.float(), labels)
+
+
+def check_labelled(embeddings: Tensor, labels: Tensor) -> None:
+    """A clear error unless ``embeddings`` is (batch, dim) and ``labels`` is (batch,)."""
+    if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
+        raise DataError(
+            f"labelled losses take (batch, dim) embeddings and (batch,) labels, got "
+            f"{tuple(embeddings.shape)} and {tuple(labels.shape)}"
+        )
 
 
 @LOSSES.register("contrastive")
@@ -205,6 +250,34 @@ def _mined(network: SiameseNetwork, **params: Any) -> nn.Module:
     return MinedTripletLoss(**params)
 
 
-def build_loss(spec: ComponentSpec | dict[str, Any], network: SiameseNetwork) -> nn.Module:
-    """Build the loss named in ``spec`` for ``network``; its ``kind`` says what it consumes."""
+def _register_proxy_losses() -> None:
+    for name in PROXY_LOSSES:
+
+        def build(network: SiameseNetwork, num_classes: int | None = None, _name=name, **params):
+            if num_classes is None:
+                raise ConfigError(
+                    f"loss {_name!r} learns one proxy per training class: give num_classes "
+                    "(siamkit train fills it in from the training labels)"
+                )
+            return ProxyLoss(_name, num_classes, network.encoder.embedding_dim, **params)
+
+        LOSSES.register(name)(build)
+
+
+_register_proxy_losses()
+
+
+def build_loss(
+    spec: ComponentSpec | dict[str, Any],
+    network: SiameseNetwork,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """Build the loss named in ``spec`` for ``network``; its ``kind`` says what it consumes.
+
+    ``num_classes`` (the training labels' range) is passed to the class-proxy losses
+    (:data:`PROXY_LOSSES`) unless ``spec`` sets it.
+    """
+    spec = ComponentSpec.model_validate(spec)
+    if spec.name in PROXY_LOSSES and num_classes is not None and "num_classes" not in spec.params:
+        spec = ComponentSpec(name=spec.name, params={**spec.params, "num_classes": num_classes})
     return LOSSES.build(spec, network=network)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from siamkit.checkpoint import atomic_write_text, load_state, load_tensors, load_weights
+from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
 from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData, Splits
@@ -38,7 +38,7 @@ from siamkit.losses import build_loss
 from siamkit.model import save_model
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
-from siamkit.training import History, TrainConfig, fit
+from siamkit.training import History, TrainConfig, fit, last_epoch_weights
 
 
 class _Strict(BaseModel):
@@ -223,7 +223,7 @@ def run_recipe(
     training = recipe.training.model_copy(update={"seed": recipe.seed})
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
-    loss = build_loss(recipe.loss, network)
+    loss = build_loss(recipe.loss, network, num_classes=int(splits.train.labels.max()) + 1)
     evaluation = recipe.evaluation
     validate = verification_validator(splits.val, evaluation.val_pairs, recipe.seed)
     history = fit(
@@ -233,7 +233,7 @@ def run_recipe(
     )  # fmt: skip
     if evaluation.keep == "last" and history.epochs:
         state = out_dir / "checkpoint" / "state.safetensors"
-        load_weights(network, load_state(state.parent, "state")["model"], state)
+        load_weights(network, last_epoch_weights(out_dir), state)
     network.cpu().eval()
     val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)

@@ -178,11 +178,12 @@ class _Checkpoints:
         return (self.folder / "state.json").is_file()
 
     def save(
-        self, network, optimizer, schedule, history: History, epoch: int, average=None
+        self, network, loss, optimizer, schedule, history: History, epoch: int, average=None
     ) -> None:
         state = {
             "epoch": epoch,
             "model": network.state_dict(),
+            "loss": loss_state(loss, network),
             "average": average.state_dict() if average is not None else None,
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict() if schedule is not None else None,
@@ -194,9 +195,10 @@ class _Checkpoints:
     def save_best(self, network: nn.Module) -> None:
         save_tensors(self.folder / "best.safetensors", network.state_dict())
 
-    def restore(self, network, optimizer, schedule, history: History, average=None) -> int:
+    def restore(self, network, loss, optimizer, schedule, history: History, average=None) -> int:
         state = load_state(self.folder, "state")
         load_weights(network, state["model"], self.folder / "state.safetensors")
+        restore_loss_state(loss, network, state.get("loss", {}), self.folder)
         if average is not None:
             if state.get("average") is None:
                 raise CheckpointError(
@@ -219,6 +221,27 @@ class _Checkpoints:
     def load_best(self, network: nn.Module) -> None:
         path = self.folder / "best.safetensors"
         load_weights(network, load_tensors(path), path)
+
+
+def loss_state(loss: nn.Module, network: nn.Module) -> dict[str, Tensor]:
+    """The loss's own tensors (e.g. class proxies), without any it shares with the network."""
+    shared = {t.data_ptr() for t in network.state_dict().values()}
+    return {k: v for k, v in loss.state_dict().items() if v.data_ptr() not in shared}
+
+
+def restore_loss_state(
+    loss: nn.Module, network: nn.Module, saved: dict[str, Tensor], folder: Path
+) -> None:
+    """Load what :func:`loss_state` saved; a different set of tensors is a CheckpointError."""
+    expected = loss_state(loss, network)
+    if set(saved) != set(expected):
+        raise CheckpointError(
+            f"{folder}: the loss state holds {sorted(saved)}, this loss has {sorted(expected)}"
+        )
+    try:
+        loss.load_state_dict(saved, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"{folder}: loss state does not match: {error}") from error
 
 
 def _progress() -> Progress:
@@ -271,7 +294,7 @@ def fit(
     if resume:
         if not checkpoints.exists():
             raise CheckpointError(f"{checkpoints.folder}: nothing to resume (no state.json)")
-        start = checkpoints.restore(network, optimizer, schedule, history, average)
+        start = checkpoints.restore(network, loss, optimizer, schedule, history, average)
     if len(batches) == 0:
         raise DataError("the training batch source yields no batches")
     step = _Step(network, loss, optimizer, device, config, average)
@@ -298,7 +321,7 @@ def fit(
             elif schedule is not None:
                 schedule.step()
             history.epochs.append(record)
-            checkpoints.save(network, optimizer, schedule, history, epoch, average)
+            checkpoints.save(network, loss, optimizer, schedule, history, epoch, average)
             atomic_write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
     except KeyboardInterrupt:
         history.interrupted = True
@@ -311,6 +334,16 @@ def fit(
         network.load_state_dict(average.module.state_dict())
     network.eval()
     return history
+
+
+def last_epoch_weights(out_dir: str | Path) -> dict[str, Tensor]:
+    """The weights of the last checkpointed epoch of a :func:`fit` run in ``out_dir`` (their
+    moving average when training kept one)."""
+    state = load_state(Path(out_dir) / "checkpoint", "state")
+    average = state.get("average")
+    if average is None:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in average.items() if k.startswith("module.")}
 
 
 def weight_average(network: nn.Module, config: TrainConfig) -> AveragedModel | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,15 @@ def test_labelled_data_rejects_mismatch_and_nan():
         LabelledData(torch.zeros(3, 2), torch.tensor([0, 1]))
     with pytest.raises(DataError, match="NaN"):
         LabelledData(torch.tensor([[float("nan")]]), torch.tensor([0]))
+
+
+def test_class_batches_of_an_epoch_do_not_depend_on_earlier_epochs(blobs):
+    def epoch_one(after_epoch_zero: bool) -> list[list[int]]:
+        source = ClassBatches(blobs, batch_size=12, m_per_class=2, seed=3, batches_per_epoch=4)
+        if after_epoch_zero:
+            list(source)  # epoch 0 consumes random numbers
+        np.random.seed(int(after_epoch_zero))  # nor may the global numpy state matter
+        source.set_epoch(1)
+        return [labels.tolist() for _, labels in source]
+
+    assert epoch_one(True) == epoch_one(False)

@@ -121,3 +121,24 @@ def test_pair_labels_are_checked():
         loss("contrastive")(E1, E2, torch.tensor([1.0]))
     with pytest.raises(ConfigError, match="mining"):
         loss("mined_triplet", mining="hardest")
+
+
+@pytest.mark.parametrize("name", ["cosface", "arcface", "normalized_softmax", "proxy_anchor"])
+def test_proxy_losses_pull_embeddings_to_their_class_proxy(name):
+    proxy = build_loss({"name": name}, network(), num_classes=3)
+    assert proxy.kind == "labelled" and sum(p.numel() for p in proxy.parameters()) == 3 * 2
+    angles = torch.tensor([0.0, 2.0, 4.0]) * math.pi / 3
+    at_own = torch.stack([angles.cos(), angles.sin()], dim=1)  # 3 unit vectors, 120° apart
+    with torch.no_grad():
+        proxies = next(proxy.parameters())  # (dim, classes) or (classes, dim)
+        proxies.copy_(at_own.T if proxies.shape == (2, 3) else at_own)
+    labels = torch.tensor([0, 1, 2])
+    assert proxy(at_own, labels).item() < proxy(at_own, torch.tensor([1, 2, 0])).item()
+    with pytest.raises(DataError, match="0..2"):
+        proxy(at_own, torch.tensor([0, 1, 3]))
+
+
+def test_proxy_losses_need_the_number_of_classes():
+    with pytest.raises(ConfigError, match="num_classes"):
+        build_loss({"name": "cosface"}, network())
+    assert build_loss({"name": "cosface", "params": {"num_classes": 5}}, network()).num_classes == 5

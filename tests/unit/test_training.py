@@ -128,3 +128,25 @@ def test_weight_average_is_what_training_returns_and_resumes(blobs, tmp_path):
         assert torch.allclose(p, q, atol=1e-5)
     with pytest.raises(CheckpointError, match="no weight average"):
         train(blobs, tmp_path / "plain", epochs=4, resume=True, ema_decay=0.9)
+
+
+def test_class_proxies_are_checkpointed_and_resume_exactly(blobs, tmp_path):
+    from siamkit.data.batches import ClassBatches
+
+    def run(out, epochs, resume=False):
+        net = network()
+        proxy = build_loss({"name": "cosface", "params": {"scale": 16.0}}, net, num_classes=6)
+        batches = ClassBatches(blobs, batch_size=12, m_per_class=2, seed=0, batches_per_epoch=8)
+        settings = TrainConfig(epochs=epochs, lr=0.01)
+        history = fit(net, proxy, batches, settings, out, validate=verification_validator(
+            blobs, n_pairs=200), resume=resume, show_progress=False)  # fmt: skip
+        return net, proxy, history
+
+    straight, proxy, history = run(tmp_path / "a", 3)
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+    assert history.best_metric > 0.95
+    run(tmp_path / "b", 1)
+    resumed, resumed_proxy, _ = run(tmp_path / "b", 3, resume=True)
+    for p, q in zip([*straight.parameters(), *proxy.parameters()],
+                    [*resumed.parameters(), *resumed_proxy.parameters()], strict=True):  # fmt: skip
+        assert torch.allclose(p, q, atol=1e-5)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions as pml_common
 from torch import Tensor
 
 from siamkit.data.labelled import LabelledData
@@ -143,7 +145,7 @@ class ClassBatches(_EpochSource):
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
-        torch.manual_seed(self._seed())  # MPerClassSampler draws from the global generator
+        torch.manual_seed(self._seed())  # per-item augmentation draws from the global generator
         if self.groups_per_batch is None:
             batches = self._mixed_batches()
         else:
@@ -158,7 +160,16 @@ class ClassBatches(_EpochSource):
             batch_size=self.batch_size,
             length_before_new_iter=self.batches_per_epoch * self.batch_size,
         )
-        order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        # The sampler draws from pytorch-metric-learning's numpy generator; seed it for this
+        # epoch so a resumed run draws the same batches as one that ran straight through.
+        shared, pml_common.NUMPY_RANDOM = (
+            pml_common.NUMPY_RANDOM,
+            np.random.RandomState(self._seed() % 2**32),
+        )
+        try:
+            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        finally:
+            pml_common.NUMPY_RANDOM = shared
         usable = len(order) - len(order) % self.batch_size
         return list(order[:usable].split(self.batch_size))
 
