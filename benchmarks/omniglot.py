@@ -43,7 +43,13 @@ from siamkit.evaluation.omniglot_runs import model_similarity, read_runs, score_
 from siamkit.heads import EuclideanHead, Head
 from siamkit.losses import build_loss
 from siamkit.recipe import build_batches, build_network, load_recipe, parse_recipe, run_recipe
-from siamkit.training import autocast, batch_loss, build_optimizer, use_memory_format
+from siamkit.training import (
+    autocast,
+    batch_loss,
+    build_optimizer,
+    parameter_groups,
+    use_memory_format,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -161,9 +167,7 @@ def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any
     use_memory_format(network, recipe.training)
     loss = build_loss(recipe.loss, network)
     batches = build_batches(recipe, loss, train)
-    optimizer = build_optimizer(
-        list(network.parameters()) + list(loss.parameters()), recipe.training
-    )
+    optimizer = build_optimizer(parameter_groups(network, loss, recipe.training), recipe.training)
     network.train()
     batches.set_epoch(0)
     return network, loss, batches, optimizer

@@ -62,6 +62,12 @@ class TrainConfig(BaseModel):
         False, description="NHWC weights for conv nets (with amp ~2-3x faster on AVX-512 CPUs)"
     )
     grad_clip: float | None = Field(None, gt=0)
+    loss_lr_multiplier: float = Field(
+        1.0,
+        gt=0,
+        description="learning rate of the loss's own parameters (class proxies) relative to lr; "
+        "proxies of many classes are each seen rarely and usually need 10-100x",
+    )
     ema_decay: float | None = Field(
         None,
         gt=0,
@@ -114,15 +120,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def trainable_parameters(*modules: nn.Module) -> list[Tensor]:
-    """The parameters of ``modules``, each once (a loss may hold the network's head)."""
-    unique = {id(p): p for module in modules for p in module.parameters()}
-    return list(unique.values())
+def parameter_groups(network: nn.Module, loss: nn.Module, config: TrainConfig) -> list[dict]:
+    """The optimiser's parameter groups: the network's trainable parameters, then the loss's own
+    (e.g. class proxies; not a head it shares with the network) at ``loss_lr_multiplier`` times
+    the learning rate."""
+    shared = {id(p) for p in network.parameters()}
+    groups = [
+        {"params": [p for p in network.parameters() if p.requires_grad]},
+        {
+            "params": [p for p in loss.parameters() if p.requires_grad and id(p) not in shared],
+            "lr": config.lr * config.loss_lr_multiplier,
+        },
+    ]
+    return [g for g in groups if g["params"]]
 
 
-def build_optimizer(params: Iterable[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW, RMSprop or SGD with momentum, from ``config``."""
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(
+    params: Iterable[Tensor] | list[dict], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """Adam, AdamW, RMSprop or SGD with momentum, from ``config``, over ``params`` (tensors or
+    parameter groups)."""
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [p for p in params if p.requires_grad]
     wd = config.weight_decay
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
@@ -285,7 +305,7 @@ def fit(
     network.to(device)
     use_memory_format(network, config)
     loss.to(device)
-    optimizer = build_optimizer(trainable_parameters(network, loss), config)
+    optimizer = build_optimizer(parameter_groups(network, loss, config), config)
     schedule = build_schedule(optimizer, config)
     history = History()
     average = weight_average(network, config)

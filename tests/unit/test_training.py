@@ -77,14 +77,25 @@ def test_nan_inputs_stop_training_with_a_clear_error(blobs, tmp_path):
 
 
 def test_a_loss_holding_the_head_does_not_duplicate_its_parameters():
-    from siamkit.training import trainable_parameters
+    from siamkit.training import parameter_groups
 
     encoder = build_encoder({"name": "mlp", "params": {"in_features": 8}})
     net = SiameseNetwork(encoder, HEADS.build({"name": "learned", "params": {"embedding_dim": 64}}))
     loss = build_loss({"name": "bce"}, net)
-    params = trainable_parameters(net, loss)
-    assert len(params) == len(list(net.parameters()))
-    assert {id(p) for p in params} == {id(p) for p in net.parameters()}
+    groups = parameter_groups(net, loss, TrainConfig())
+    assert len(groups) == 1
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in net.parameters()]
+
+
+def test_class_proxies_get_their_own_learning_rate():
+    from siamkit.training import build_optimizer, parameter_groups
+
+    net = network()
+    proxy = build_loss({"name": "cosface"}, net, num_classes=6)
+    config = TrainConfig(lr=0.002, loss_lr_multiplier=50)
+    optimizer = build_optimizer(parameter_groups(net, proxy, config), config)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.002, 0.1]
+    assert optimizer.param_groups[1]["params"] == list(proxy.parameters())
 
 
 def test_channels_last_bf16_training_learns_and_resumes(tmp_path):
