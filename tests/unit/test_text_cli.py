@@ -111,7 +111,7 @@ def test_paraphrase_calibrate_save_and_decide(trained, capsys):
     pairs.write_text("".join(f"{int(s >= 4)}\t{a}\t{b}\n" for a, b, s in SENTENCES))
     args = ["paraphrase", str(model), "--train", str(pairs), "--test", str(pairs), "--save"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps at 80 columns
     assert "accuracy" in out and "threshold saved" in out
     saved = json.loads((model / "config.json").read_text())["threshold"]
     assert saved == pytest.approx(siamkit.load(model).threshold)
