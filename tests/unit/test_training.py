@@ -161,3 +161,19 @@ def test_class_proxies_are_checkpointed_and_resume_exactly(blobs, tmp_path):
     for p, q in zip([*straight.parameters(), *proxy.parameters()],
                     [*resumed.parameters(), *resumed_proxy.parameters()], strict=True):  # fmt: skip
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_last_epoch_weights_are_the_average_when_training_kept_one(blobs, tmp_path):
+    from siamkit.training import last_epoch_weights
+
+    net = network()
+    loss = build_loss({"name": "contrastive"}, net)
+    batches = PairBatches(blobs, pairs_per_epoch=256, batch_size=32, seed=0)
+    fit(net, loss, batches, TrainConfig(epochs=2, lr=0.003, ema_decay=0.9), tmp_path,
+        show_progress=False)  # fmt: skip
+    weights = last_epoch_weights(tmp_path)  # no validation: fit returned the average
+    assert weights.keys() == net.state_dict().keys()
+    for key, value in net.state_dict().items():
+        assert torch.equal(weights[key], value)
+    raw = json.loads((tmp_path / "history.json").read_text())
+    assert len(raw["epochs"]) == 2
