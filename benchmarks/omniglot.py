@@ -41,8 +41,14 @@ from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.fewshot import episode_accuracy, evaluate_episodes, mean_ci95
 from siamkit.evaluation.omniglot_runs import model_similarity, read_runs, score_runs
 from siamkit.heads import EuclideanHead, Head
-from siamkit.losses import build_loss
-from siamkit.recipe import build_batches, build_network, load_recipe, parse_recipe, run_recipe
+from siamkit.recipe import (
+    build_batches,
+    build_network,
+    build_recipe_loss,
+    load_recipe,
+    parse_recipe,
+    run_recipe,
+)
 from siamkit.training import (
     autocast,
     batch_loss,
@@ -165,7 +171,7 @@ def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any
     torch.manual_seed(recipe.seed)
     network, _ = build_network(recipe)
     use_memory_format(network, recipe.training)
-    loss = build_loss(recipe.loss, network)
+    loss = build_recipe_loss(recipe, network, train)
     batches = build_batches(recipe, loss, train)
     optimizer = build_optimizer(parameter_groups(network, loss, recipe.training), recipe.training)
     network.train()
@@ -252,8 +258,8 @@ def train_method(method: Method, quick: bool, out_root: Path) -> tuple[Any, dict
     wall = time.perf_counter() - started
     train_s = sum(e["seconds"] for e in result.history.epochs)
     network, _ = build_network(recipe)
-    loss = build_loss(recipe.loss, network)
     splits = build_dataset(recipe.data.name, None, **recipe.data.params)
+    loss = build_recipe_loss(recipe, network, splits.train)
     per_epoch = images_per_epoch(recipe, build_batches(recipe, loss, splits.train), loss.kind)
     images = per_epoch * len(result.history.epochs)
     return recipe, {

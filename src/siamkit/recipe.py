@@ -173,6 +173,14 @@ def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
     return SiameseNetwork(encoder, HEADS.build(head_spec)), head_spec
 
 
+def build_recipe_loss(
+    recipe: TrainRecipe, network: SiameseNetwork, train: LabelledData
+) -> nn.Module:
+    """The recipe's loss for ``network``; class-proxy losses get one proxy per label value of
+    the training set."""
+    return build_loss(recipe.loss, network, num_classes=int(train.labels.max()) + 1)
+
+
 def build_batches(recipe: TrainRecipe, loss: nn.Module, train: LabelledData) -> Any:
     """The batch source the loss needs (pairs, triplets or class-balanced batches)."""
     settings, seed = recipe.batches, recipe.seed
@@ -223,7 +231,7 @@ def run_recipe(
     training = recipe.training.model_copy(update={"seed": recipe.seed})
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
-    loss = build_loss(recipe.loss, network, num_classes=int(splits.train.labels.max()) + 1)
+    loss = build_recipe_loss(recipe, network, splits.train)
     evaluation = recipe.evaluation
     validate = verification_validator(splits.val, evaluation.val_pairs, recipe.seed)
     history = fit(

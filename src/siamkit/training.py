@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -135,14 +135,9 @@ def parameter_groups(network: nn.Module, loss: nn.Module, config: TrainConfig) -
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(
-    params: Iterable[Tensor] | list[dict], config: TrainConfig
-) -> torch.optim.Optimizer:
-    """Adam, AdamW, RMSprop or SGD with momentum, from ``config``, over ``params`` (tensors or
-    parameter groups)."""
-    params = list(params)
-    if params and not isinstance(params[0], dict):
-        params = [p for p in params if p.requires_grad]
+def build_optimizer(params: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW, RMSprop or SGD with momentum, from ``config``, over the parameter groups
+    ``params`` (:func:`parameter_groups`)."""
     wd = config.weight_decay
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)

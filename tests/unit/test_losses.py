@@ -142,3 +142,14 @@ def test_proxy_losses_need_the_number_of_classes():
     with pytest.raises(ConfigError, match="num_classes"):
         build_loss({"name": "cosface"}, network())
     assert build_loss({"name": "cosface", "params": {"num_classes": 5}}, network()).num_classes == 5
+
+
+def test_a_recipe_proxy_loss_gets_one_proxy_per_training_label(blobs):
+    from siamkit.recipe import build_network, build_recipe_loss, parse_recipe
+
+    recipe = parse_recipe({
+        "data": {"name": "digits"}, "loss": {"name": "cosface"},
+        "encoder": {"name": "mlp", "params": {"in_features": 8, "embedding_dim": 4}},
+    }, "inline")  # fmt: skip
+    network, _ = build_network(recipe)
+    assert build_recipe_loss(recipe, network, blobs).num_classes == 6  # labels 0..5
