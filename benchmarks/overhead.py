@@ -64,7 +64,7 @@ def run_plain(network, data, epochs: int, steps: int) -> tuple[float, float]:
 
 def plain_loop(network, data, epochs: int, steps: int) -> None:
     """The loop a PyTorch user would write by hand for the same model."""
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=True)  # as siamkit fit
     items, labels = data.items, data.labels
     network.train()
     for epoch in range(epochs):

@@ -98,6 +98,26 @@ def test_class_proxies_get_their_own_learning_rate():
     assert optimizer.param_groups[1]["params"] == list(proxy.parameters())
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimisers_use_fused_kernels_with_the_plain_update_rule(name):
+    from siamkit.training import build_optimizer
+
+    torch.manual_seed(0)
+    start = torch.randn(50, 8)
+    config = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.001, momentum=0.9)
+    fused, plain = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    fused_optimizer = build_optimizer([{"params": [fused]}], config)
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+    plain_optimizer = type(fused_optimizer)([plain], lr=0.01, weight_decay=0.001, **extra)
+    assert fused_optimizer.defaults["fused"] is True
+    for _ in range(3):
+        for weight, optimizer in ((fused, fused_optimizer), (plain, plain_optimizer)):
+            weight.grad = torch.cos(weight.detach())
+            optimizer.step()
+    assert not torch.equal(fused.detach(), start)
+    assert torch.allclose(fused.detach(), plain.detach(), atol=1e-6)
+
+
 def test_channels_last_bf16_training_learns_and_resumes(tmp_path):
     torch.manual_seed(0)
     images = torch.rand(4, 1, 16, 16).repeat_interleave(8, 0) + 0.1 * torch.rand(32, 1, 16, 16)
