@@ -90,11 +90,15 @@ def shown(path: Path) -> Path:
     return path.relative_to(REPOSITORY) if path.is_relative_to(REPOSITORY) else path
 
 
-def target_report(checks: list[tuple[str, float, float, str]]) -> str:
+def target_report(checks: list[tuple[str, float | None, float, str]]) -> str:
     """One clause per ``(name, value, goal, op)`` with ``op`` "<=" or ">=": met, or missed and
-    by how much, e.g. ``"skilled EER missed by 0.0591 (0.1091 vs <= 0.05)"``."""
+    by how much, e.g. ``"skilled EER missed by 0.0591 (0.1091 vs <= 0.05)"``; a value of
+    ``None`` is reported as not measured."""
     out = []
     for name, value, goal, op in checks:
+        if value is None:
+            out.append(f"{name} not measured")
+            continue
         gap = value - goal if op == "<=" else goal - value
         verdict = "met" if gap <= 0 else f"missed by {gap:.4g}"
         out.append(f"{name} {verdict} ({value:.4g} vs {op} {goal})")
