@@ -342,6 +342,22 @@ def model_dir(tree, tmp_path_factory) -> Path:
     return save_signature_model(out / "model", fold, recipe, thresholds, split, "spread")
 
 
+def test_a_class_proxy_loss_trains_a_fold(tree, tmp_path):
+    """Proxy losses get one proxy per training class (each writer's genuine and forged)."""
+    from siamkit.evaluation.signature_eval import preprocess_of, train_fold
+    from siamkit.recipe import parse_recipe
+
+    recipe = parse_recipe({
+        **RECIPE, "loss": {"name": "proxy_anchor"},
+        "batches": {"batch_size": 8, "m_per_class": 2, "batches_per_epoch": 2},
+    })  # fmt: skip
+    data = read_signature_tree(tree)
+    images = preprocess_of(recipe)(data.paths)
+    split = writer_folds(data.writer_ids(), n_folds=2, n_val=1, seed=0)[0]
+    fold = train_fold(recipe, data, images, split, tmp_path, show_progress=False)
+    assert fold.history.epochs and np.isfinite(fold.history.epochs[0]["loss"])
+
+
 def test_saved_model_carries_preprocessing_and_thresholds(model_dir, tree):
     import siamkit
 

@@ -43,7 +43,6 @@ from siamkit.evaluation.reference_set import (
 )
 from siamkit.evaluation.tasks import Report, register_evaluator
 from siamkit.evaluation.verification import equal_error_rate
-from siamkit.losses import build_loss
 from siamkit.model import save_model
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
@@ -171,11 +170,11 @@ def train_fold(
     :func:`training_batches`: SigNet pairs or writer-grouped mined batches); the best epoch is
     chosen by the skilled-forgery EER with 5 references on the validation writers.
     """
-    from siamkit.recipe import build_network
+    from siamkit.recipe import build_network, build_recipe_loss
 
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
-    loss = build_loss(recipe.loss, network)
+    loss = build_recipe_loss(recipe, network, signature_labelled(images, data, split.train))
     batches = training_batches(recipe, loss, data, images, split.train, mix)
     validate = reference_validator(images, data, split.val, seed=recipe.seed)
     training = recipe.training.model_copy(update={"seed": recipe.seed})
