@@ -45,7 +45,8 @@ def test_recipe_identifies_unseen_people_and_rejects_strangers(tmp_path):
     assert metrics["rank1"] >= 0.87, metrics
     assert metrics["eer"] <= 0.10, metrics
 
-    # enroll 6 of them from one image each; probe with another image of each, and with 6 strangers
+    # enroll 6 of them from one image each; probe with each of their 9 other images, and with
+    # all 10 images of each of the 6 strangers (one probe per person proved too noisy a check)
     by_person = {n: sorted((root / n).glob("*.pgm")) for n in names}
     known, strangers = names[:6], names[6:]
     threshold = cosine_threshold(model)
@@ -53,12 +54,13 @@ def test_recipe_identifies_unseen_people_and_rejects_strangers(tmp_path):
     with Gallery.open(tmp_path / "faces.gallery") as gallery:
         for n in known:
             enroll_files(model, gallery, n, by_person[n][:1])
-        answers = identify_files(model, gallery, [by_person[n][4] for n in known], k=3)
-        right = sum(a.identity == n for a, n in zip(answers, known, strict=True))
-        others = identify_files(model, gallery, [by_person[n][4] for n in strangers], k=3)
+        probes = [(n, path) for n in known for path in by_person[n][1:]]
+        answers = identify_files(model, gallery, [path for _, path in probes], k=3)
+        right = sum(a.identity == n for a, (n, _) in zip(answers, probes, strict=True))
+        others = identify_files(model, gallery, [p for n in strangers for p in by_person[n]], k=3)
         accepted = sum(a.identity is not None for a in others)
-    assert right >= 4, [(a.identity, a.score) for a in answers]
-    assert accepted <= 1, [(a.identity, a.score) for a in others]
+    assert right >= 2 / 3 * len(probes), (right, len(probes))
+    assert accepted <= len(others) / 6, (accepted, len(others))  # strangers mostly rejected
     assert all(len(a.candidates) == 3 for a in answers + others)
     assert np.isfinite(threshold) and 0 < threshold < 1
 
