@@ -171,7 +171,7 @@ def training_parts(recipe: Any, train: LabelledData) -> tuple[Any, Any, Any, Any
     torch.manual_seed(recipe.seed)
     network, _ = build_network(recipe)
     use_memory_format(network, recipe.training)
-    loss = build_recipe_loss(recipe, network, train)
+    loss = build_recipe_loss(recipe, network, train.labels)
     batches = build_batches(recipe, loss, train)
     optimizer = build_optimizer(parameter_groups(network, loss, recipe.training), recipe.training)
     network.train()
@@ -259,7 +259,7 @@ def train_method(method: Method, quick: bool, out_root: Path) -> tuple[Any, dict
     train_s = sum(e["seconds"] for e in result.history.epochs)
     network, _ = build_network(recipe)
     splits = build_dataset(recipe.data.name, None, **recipe.data.params)
-    loss = build_recipe_loss(recipe, network, splits.train)
+    loss = build_recipe_loss(recipe, network, splits.train.labels)
     per_epoch = images_per_epoch(recipe, build_batches(recipe, loss, splits.train), loss.kind)
     images = per_epoch * len(result.history.epochs)
     return recipe, {

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
+from torch import Tensor, nn
 
 from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
@@ -173,12 +173,10 @@ def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
     return SiameseNetwork(encoder, HEADS.build(head_spec)), head_spec
 
 
-def build_recipe_loss(
-    recipe: TrainRecipe, network: SiameseNetwork, train: LabelledData
-) -> nn.Module:
-    """The recipe's loss for ``network``; class-proxy losses get one proxy per label value of
-    the training set."""
-    return build_loss(recipe.loss, network, num_classes=int(train.labels.max()) + 1)
+def build_recipe_loss(recipe: TrainRecipe, network: SiameseNetwork, labels: Tensor) -> nn.Module:
+    """The recipe's loss for ``network``; class-proxy losses get one proxy per label value up to
+    the largest of the training ``labels``."""
+    return build_loss(recipe.loss, network, num_classes=int(labels.max()) + 1)
 
 
 def build_batches(recipe: TrainRecipe, loss: nn.Module, train: LabelledData) -> Any:
@@ -231,7 +229,7 @@ def run_recipe(
     training = recipe.training.model_copy(update={"seed": recipe.seed})
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
-    loss = build_recipe_loss(recipe, network, splits.train)
+    loss = build_recipe_loss(recipe, network, splits.train.labels)
     evaluation = recipe.evaluation
     validate = verification_validator(splits.val, evaluation.val_pairs, recipe.seed)
     history = fit(

@@ -152,4 +152,4 @@ def test_a_recipe_proxy_loss_gets_one_proxy_per_training_label(blobs):
         "encoder": {"name": "mlp", "params": {"in_features": 8, "embedding_dim": 4}},
     }, "inline")  # fmt: skip
     network, _ = build_network(recipe)
-    assert build_recipe_loss(recipe, network, blobs).num_classes == 6  # labels 0..5
+    assert build_recipe_loss(recipe, network, blobs.labels).num_classes == 6  # labels 0..5

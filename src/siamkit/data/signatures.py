@@ -44,6 +44,10 @@ class SignatureSet:
         """The distinct writers, sorted."""
         return sorted(set(self.writers.tolist()))
 
+    def of_writers(self, writers: Sequence[str]) -> np.ndarray:
+        """Indices of every image (genuine or forged) of the given ``writers``."""
+        return np.flatnonzero(np.isin(self.writers, list(writers)))
+
     def genuine_of(self, writer: str) -> np.ndarray:
         """Indices of the genuine signatures of ``writer``."""
         return np.flatnonzero((self.writers == writer) & ~self.forged)
@@ -272,7 +276,7 @@ def signature_labelled(
     every = LabelledData(images, torch.from_numpy(labels), classes, torch.from_numpy(groups), names)
     if writers is None:
         return every
-    return every.subset(torch.from_numpy(np.flatnonzero(np.isin(data.writers, list(writers)))))
+    return every.subset(torch.from_numpy(data.of_writers(writers)))
 
 
 @DATASETS.register("signatures")
@@ -299,6 +303,6 @@ def signatures(
     every = signature_labelled(preprocess(data.paths), data)
 
     def part(names: list[str]) -> LabelledData:
-        return every.subset(torch.from_numpy(np.flatnonzero(np.isin(data.writers, names))))
+        return every.subset(torch.from_numpy(data.of_writers(names)))
 
     return Splits(part(split.train), part(split.val), part(split.test), preprocess.spec)

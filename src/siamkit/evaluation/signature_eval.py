@@ -24,6 +24,7 @@ from siamkit.data.signatures import (
     SignaturePairBatches,
     SignatureSet,
     WriterSplit,
+    signature_classes,
     signature_labelled,
 )
 from siamkit.data.signatures import read_signature_tree as read_tree
@@ -80,7 +81,7 @@ def embed_writers(
     network: SiameseNetwork, images: Tensor, data: SignatureSet, writers: Sequence[str]
 ) -> Tensor:
     """Embeddings of every image (N, D); rows of images outside ``writers`` are left at zero."""
-    idx = np.flatnonzero(np.isin(data.writers, list(writers)))
+    idx = data.of_writers(writers)
     emb = embed_all(network, images[torch.from_numpy(idx)])
     full = torch.zeros(len(data), emb.shape[1])
     full[torch.from_numpy(idx)] = emb
@@ -174,7 +175,9 @@ def train_fold(
 
     torch.manual_seed(recipe.seed)
     network, head_spec = build_network(recipe)
-    loss = build_recipe_loss(recipe, network, signature_labelled(images, data, split.train))
+    labels, _ = signature_classes(data)  # the classes of signature_labelled, without the images
+    train_labels = torch.from_numpy(labels[data.of_writers(split.train)])
+    loss = build_recipe_loss(recipe, network, train_labels)
     batches = training_batches(recipe, loss, data, images, split.train, mix)
     validate = reference_validator(images, data, split.val, seed=recipe.seed)
     training = recipe.training.model_copy(update={"seed": recipe.seed})
