@@ -424,7 +424,7 @@ class _Step:
         return value.detach()
 
     def epoch(self, batches: BatchSource, epoch: int, progress, metric: str) -> dict[str, float]:
-        """Train one epoch; return its record (mean loss, lr, seconds)."""
+        """Train one epoch; return its record (mean loss, lr, steps, seconds)."""
         self.network.train()
         batches.set_epoch(epoch)
         task = None
@@ -442,5 +442,6 @@ class _Step:
             "epoch": epoch,
             "loss": total / max(steps, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
+            "steps": steps,
             "seconds": time.perf_counter() - started,
         }

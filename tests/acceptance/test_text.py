@@ -33,7 +33,7 @@ def test_brief_training_improves_stsb_dev_spearman(tmp_path):
     recipe = TextRecipe.model_validate(RECIPE)
     train, dev = read_stsb("train", folder), read_stsb("dev", folder)
     torch.manual_seed(recipe.seed)  # the same initial weights run_text_recipe starts from
-    start = evaluate_sts(build_text_encoder(recipe, train), dev)["spearman"]
+    start = evaluate_sts(build_text_encoder(recipe, [train]), dev)["spearman"]
     result = run_text_recipe(recipe, tmp_path / "run", data_dir=folder, show_progress=False)
     tuned = max(e["spearman"] for e in result.history.epochs)
     print(f"STS-B dev Spearman: start {start:.2f} -> after 2 epochs {tuned:.2f}")

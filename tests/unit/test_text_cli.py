@@ -7,9 +7,11 @@ import json
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 import siamkit
 from siamkit.cli import main
+from siamkit.text.training import TextRecipe, run_text_recipe
 
 SENTENCES = [
     ("a man plays a guitar", "a man is playing the guitar", 4.8),
@@ -131,18 +133,41 @@ def test_text_errors_are_one_line(tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+def write_mrpc(folder, pairs=SENTENCES):
+    """A tiny MRPC-format folder (train and test files): paraphrase = STS score >= 4."""
+    folder.mkdir(exist_ok=True)
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    body = "".join(f"{int(s >= 4)}\t{i}\t{i + 100}\t{a}\t{b}\n"
+                   for i, (a, b, s) in enumerate(pairs))  # fmt: skip
+    for name in ("msr_paraphrase_train.txt", "msr_paraphrase_test.txt"):
+        (folder / name).write_text(header + body, "utf-8")
+    return folder
+
+
 def test_eval_recognises_stsb_and_mrpc_folders(trained, capsys):
     tmp, model = trained
     assert main(["eval", str(model), str(tmp / "stsb")]) == 0
     out = capsys.readouterr().out
     assert "STS Benchmark" in out and "spearman" in out and "test" in out
-    mrpc = tmp / "mrpc"
-    mrpc.mkdir(exist_ok=True)
-    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-    body = "".join(f"{int(s >= 4)}\t{i}\t{i + 100}\t{a}\t{b}\n"
-                   for i, (a, b, s) in enumerate(SENTENCES))  # fmt: skip
-    for name in ("msr_paraphrase_train.txt", "msr_paraphrase_test.txt"):
-        (mrpc / name).write_text(header + body, "utf-8")
+    mrpc = write_mrpc(tmp / "mrpc")
     assert main(["eval", str(model), str(mrpc)]) == 0
     out = capsys.readouterr().out
     assert "MRPC" in out and "f1" in out
+
+
+def test_extra_train_pairs_join_the_vocabulary_and_the_batches(tmp_path, monkeypatch):
+    root = tmp_path / "datasets"
+    root.mkdir()
+    news = [("shares of acme rose", "acme stock climbed", 5.0)] * 12 + [
+        ("shares of acme rose", "a zebra grazes", 0.0)] * 12  # fmt: skip
+    write_mrpc(root / "mrpc", news)
+    monkeypatch.setenv("SIAMKIT_DATA", str(root))
+    recipe = TextRecipe.model_validate({**RECIPE, "extra_train": "mrpc"})
+    result = run_text_recipe(recipe, tmp_path / "run", data_dir=write_stsb(tmp_path / "stsb"),
+                             show_progress=False)  # fmt: skip
+    vocabulary = siamkit.load(result.model_dir).network.encoder.vocabulary
+    assert "zebra" in vocabulary.words and "guitar" in vocabulary.words
+    # 8 STS-B pairs and 90% of 24 MRPC pairs (the rest is MRPC's validation) in batches of 4
+    assert result.history.epochs[0]["steps"] == 2 + 6
+    with pytest.raises(ValidationError, match="another dataset"):
+        TextRecipe.model_validate({**RECIPE, "extra_train": "stsb"})

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siamkit.data.text import read_labelled_texts, read_pair_file, read_text_lines
+from siamkit.data.text import (
+    TextPairBatches,
+    TextPairs,
+    read_labelled_texts,
+    read_pair_file,
+    read_text_lines,
+)
 from siamkit.encoders import build_encoder
 from siamkit.encoders.text import PAD, UNK, Vocabulary, char_ngrams, pad_batch, tokenize
 from siamkit.errors import CheckpointError, ConfigError, DataError
@@ -95,6 +101,21 @@ def test_labelled_and_pair_files(tmp_path):
     pairs.write_text("2\ta\tb\n", "utf-8")
     with pytest.raises(DataError, match="pairs.tsv:1"):
         read_pair_file(pairs)
+
+
+def test_batches_of_several_pair_sets_never_mix_sets_and_are_reproducible():
+    first = TextPairs([f"a{i}" for i in range(10)], [f"b{i}" for i in range(10)], [1.0] * 10)
+    second = TextPairs([f"c{i}" for i in range(5)], [f"d{i}" for i in range(5)], [0.0] * 5)
+    batches = TextPairBatches([first, second], batch_size=4, seed=3)
+    epoch = list(batches)
+    assert len(epoch) == len(batches) == 3 + 2
+    assert all(len(set(scores.tolist())) == 1 for _, _, scores in epoch)  # one set per batch
+    assert sorted(a for texts, _, _ in epoch for a in texts) == sorted(first.a + second.a)
+    assert [texts for texts, _, _ in batches] == [texts for texts, _, _ in epoch]
+    batches.set_epoch(1)
+    assert [texts for texts, _, _ in batches] != [texts for texts, _, _ in epoch]
+    with pytest.raises(DataError, match="empty"):
+        TextPairBatches([first, TextPairs([], [], [])])
 
 
 @pytest.mark.parametrize(

@@ -177,16 +177,20 @@ def read_text_splits(
 
 
 class TextPairBatches:
-    """Shuffled mini-batches ``(texts_a, texts_b, scores)`` of a :class:`TextPairs`, per epoch.
+    """Shuffled mini-batches ``(texts_a, texts_b, scores)`` of one or more :class:`TextPairs`.
 
-    The order depends only on ``seed`` and the epoch set by :meth:`set_epoch`, so training is
-    reproducible and resumable.
+    With several pair sets (e.g. STS-B train and MRPC train) every batch comes from one set, so
+    a ranking loss only compares targets of one dataset; the batches of all sets are shuffled
+    together. The order depends only on ``seed`` and the epoch set by :meth:`set_epoch`, so
+    training is reproducible and resumable.
     """
 
-    def __init__(self, pairs: TextPairs, batch_size: int = 16, seed: int = 0) -> None:
-        if len(pairs) == 0:
-            raise DataError("text pair batches: the pair set is empty")
-        self.pairs = pairs
+    def __init__(
+        self, pairs: TextPairs | Sequence[TextPairs], batch_size: int = 16, seed: int = 0
+    ) -> None:
+        self.sources = [pairs] if isinstance(pairs, TextPairs) else list(pairs)
+        if not self.sources or any(len(source) == 0 for source in self.sources):
+            raise DataError("text pair batches: a pair set is empty")
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
@@ -196,13 +200,21 @@ class TextPairBatches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.pairs) // self.batch_size)
+        return sum(-(-len(source) // self.batch_size) for source in self.sources)
 
     def __iter__(self) -> Iterator[tuple[list[str], list[str], Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.pairs), generator=generator)
-        for start in range(0, len(order), self.batch_size):
-            batch = self.pairs.subset(order[start : start + self.batch_size])
+        batches = []
+        for source in self.sources:
+            order = torch.randperm(len(source), generator=generator)
+            batches += [
+                (source, order[i : i + self.batch_size])
+                for i in range(0, len(order), self.batch_size)
+            ]
+        if len(self.sources) > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        for source, indices in batches:
+            batch = source.subset(indices)
             yield batch.a, batch.b, batch.scores
 
 

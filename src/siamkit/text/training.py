@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -65,6 +66,12 @@ class TextRecipe(_Strict):
     seed: int = 0
     data: Literal["stsb", "mrpc"] = "stsb"
     data_dir: str | None = None
+    extra_train: Literal["stsb", "mrpc"] | None = Field(
+        None,
+        description="also train on this dataset's training pairs (from the datasets root; "
+        "targets rescaled to the main dataset's range) in batches of their own; validation "
+        "and test stay on `data`",
+    )
     encoder: ComponentSpec
     vocabulary: VocabularySettings = Field(default_factory=VocabularySettings)
     init_embeddings: str | None = Field(
@@ -80,13 +87,19 @@ class TextRecipe(_Strict):
     )
     training: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _extra_is_another_dataset(self) -> TextRecipe:
+        if self.extra_train == self.data:
+            raise ValueError(f"extra_train must name another dataset than data ({self.data!r})")
+        return self
+
 
 def load_text_recipe(path: str | Path) -> TextRecipe:
     """Read and validate a text recipe YAML; errors name the file and the offending field."""
     return parse_config(read_yaml(path), TextRecipe, str(path))
 
 
-def build_text_encoder(recipe: TextRecipe, train: TextPairs) -> nn.Module:
+def build_text_encoder(recipe: TextRecipe, train: Sequence[TextPairs]) -> nn.Module:
     """The recipe's encoder; ``text_rnn`` gets a vocabulary of the training sentences and,
     if asked, embeddings initialised from a sentence-transformer's word pieces."""
     if recipe.encoder.name != "text_rnn":
@@ -98,7 +111,8 @@ def build_text_encoder(recipe: TextRecipe, train: TextPairs) -> nn.Module:
         raise ConfigError("vocabulary.pretrained_words needs init_embeddings (the model to take)")
     pretrained = pretrained_model(recipe.init_embeddings) if recipe.init_embeddings else None
     extra = pretrained_words(pretrained) if settings.pretrained_words else ()
-    vocabulary = Vocabulary.build(train.texts(), settings.min_freq, settings.max_size, extra)
+    texts = [text for pairs in train for text in pairs.texts()]
+    vocabulary = Vocabulary.build(texts, settings.min_freq, settings.max_size, extra)
     encoder = build_encoder(recipe.encoder, vocabulary=vocabulary)
     if pretrained is not None:
         encoder.init_embeddings(wordpiece_vectors(vocabulary.words, pretrained))
@@ -126,6 +140,17 @@ def training_pairs(loss: nn.Module, splits: TextSplits) -> TextPairs:
         return train
     labels = binarize(train.scores, splits.label_threshold)
     return TextPairs(train.a, train.b, labels)
+
+
+def extra_training_splits(recipe: TextRecipe, splits: TextSplits) -> TextSplits:
+    """The ``extra_train`` dataset's splits (from the datasets root, see
+    :func:`~siamkit.data.paths.datasets_root`) with scores rescaled to ``splits``' range."""
+    extra = read_text_splits(recipe.extra_train, seed=recipe.seed)
+    factor = splits.max_score / extra.max_score
+    train = TextPairs(extra.train.a, extra.train.b, extra.train.scores * factor)
+    return TextSplits(
+        train, extra.val, extra.test, splits.max_score, extra.label_threshold * factor
+    )
 
 
 def pair_validator(splits: TextSplits):
@@ -177,10 +202,15 @@ def run_text_recipe(
     if recipe.train_pairs is not None and recipe.train_pairs < len(splits.train):
         order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))
         splits.train = splits.train.subset(order[: recipe.train_pairs])
+    extra = extra_training_splits(recipe, splits) if recipe.extra_train else None
+    all_splits = [splits] if extra is None else [splits, extra]
     torch.manual_seed(recipe.seed)
-    network = SiameseNetwork(build_text_encoder(recipe, splits.train), CosineHead())
+    network = SiameseNetwork(
+        build_text_encoder(recipe, [s.train for s in all_splits]), CosineHead()
+    )
     loss = build_text_loss(recipe, network, splits.max_score)
-    batches = TextPairBatches(training_pairs(loss, splits), recipe.batch_size, recipe.seed)
+    sources = [training_pairs(loss, s) for s in all_splits]
+    batches = TextPairBatches(sources, recipe.batch_size, recipe.seed)
     monitor = "spearman" if splits.max_score > 1 else "auc"
     config = recipe.training.model_copy(update={"seed": recipe.seed})
     started = time.perf_counter()
