@@ -49,8 +49,8 @@ def test_short_training_beats_25_percent_skilled_eer_on_unseen_writers(tmp_path,
     val_rows, _ = evaluate_writers(
         fold.network, images, data, split.val, None, ks=(5,), normalisation=normalisation
     )
-    # the aggregate (mean or max of the K scores) is picked on the validation writers, as in
-    # benchmarks/signatures.py
+    # the aggregate (mean, max or centroid of the K references) is picked on the validation
+    # writers, as in benchmarks/signatures.py
     aggregate = min((r for r in val_rows if r["forgery"] == "skilled"), key=lambda r: r["eer"])[
         "aggregate"
     ]

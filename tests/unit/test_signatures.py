@@ -25,6 +25,7 @@ from siamkit.evaluation.reference_set import (
     aggregate_scores,
     choose_reference_thresholds,
     normalised_aggregates,
+    reference_scores,
     reference_trials,
     saved_reference_threshold,
     score_against_references,
@@ -261,19 +262,34 @@ def test_saved_reference_threshold_follows_the_number_of_references():
     assert saved_reference_threshold({}, 2, "max") is None
 
 
+def test_reference_scores_mean_max_and_centroid():
+    head = EuclideanHead()
+    refs = torch.tensor([[[0.0, 0.0], [4.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    questioned = torch.tensor([[2.0, 0.0], [1.0, 4.0]])
+    scores = reference_scores(head, questioned, refs)
+    assert scores["mean"].tolist() == [-2.0, -3.0] and scores["max"].tolist() == [-2.0, -3.0]
+    assert scores["centroid"].tolist() == pytest.approx([0.0, -3.0])  # (2, 0) is the centroid
+    one = reference_scores(head, questioned, refs[:, :1])  # K = 1: every aggregate the same
+    assert one["mean"].tolist() == one["max"].tolist() == one["centroid"].tolist()
+    with pytest.raises(DataError, match="reference embeddings"):
+        reference_scores(head, questioned, refs[0])
+
+
 def test_spread_normalisation_divides_by_the_reference_spread():
     head = EuclideanHead()
     refs = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]])  # distances 3, 4, 5: mean 4
-    scores = torch.tensor([[-2.0, -4.0, -6.0]])
-    normalised = normalised_aggregates(head, scores, refs, "spread")
-    assert normalised["mean"].item() == pytest.approx(-1.0)
+    questioned = torch.tensor([[0.0, 2.0]])  # at 2, sqrt(13), 2 from the references
+    normalised = normalised_aggregates(head, questioned, refs, "spread")
+    raw = reference_scores(head, questioned, refs)
+    for name in ("mean", "max", "centroid"):
+        assert normalised[name].item() == pytest.approx(raw[name].item() / 4.0)
     assert normalised["max"].item() == pytest.approx(-0.5)
     # K = 1 has no spread: scores are left as they are
-    one = normalised_aggregates(head, scores[:, :1], refs[:, :1], "spread")
-    assert one["mean"].item() == one["max"].item() == -2.0
-    assert normalised_aggregates(head, scores, refs)["mean"].item() == pytest.approx(-4.0)
+    one = normalised_aggregates(head, questioned, refs[:, :1], "spread")
+    assert one["mean"].item() == one["max"].item() == pytest.approx(-2.0)
+    assert torch.equal(normalised_aggregates(head, questioned, refs)["mean"], raw["mean"])
     with pytest.raises(DataError, match="normalisation must be one of"):
-        normalised_aggregates(head, scores, refs, "zscore")
+        normalised_aggregates(head, questioned, refs, "zscore")
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -297,7 +313,7 @@ def test_reference_trials_and_scores(tree, k):
     genuine = trials.labels == 1
     assert np.allclose(scores["mean"][genuine], 0) and (scores["max"][~genuine] < 0).all()
     thresholds = choose_reference_thresholds(scores, trials)
-    for name in ("mean", "max"):
+    for name in ("mean", "max", "centroid"):
         accepted = scores[name] >= thresholds[name]
         assert accepted[genuine].all() and not accepted[trials.kinds == "skilled"].any()
 
@@ -338,8 +354,8 @@ def model_dir(tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     fold = train_fold(recipe, data, images, split, out, show_progress=False)
     thresholds = calibrate(fold.network, images, data, split.val, ks=(1, 3), normalisation="spread")
-    assert set(thresholds) == {1, 3} and set(thresholds[3]) == {"mean", "max"}
-    return save_signature_model(out / "model", fold, recipe, thresholds, split, "spread")
+    assert set(thresholds) == {1, 3} and set(thresholds[3]) == {"mean", "max", "centroid"}
+    return save_signature_model(out / "model", fold, recipe, thresholds, split, "spread", "max")
 
 
 def test_a_class_proxy_loss_trains_a_fold(tree, tmp_path):
@@ -364,14 +380,16 @@ def test_saved_model_carries_preprocessing_and_thresholds(model_dir, tree):
     model = siamkit.load(model_dir)
     assert model.config.preprocess.name == "signature"
     extra = model.config.extra
-    assert set(extra["reference_thresholds"]) == {"mean", "max"}
+    assert set(extra["reference_thresholds"]) == {"mean", "max", "centroid"}
+    assert extra["reference_aggregate"] == "max"
     assert extra["reference_thresholds_k"] == 3  # the largest K calibrated
     writers = extra["writers"]
     assert not set(writers["train"]) & set(writers["test"])
     questioned = tree / "genuine" / WRITERS[0] / f"{WRITERS[0]}_00.png"
     refs = [tree / "genuine" / WRITERS[0] / f"{WRITERS[0]}_0{i}.png" for i in (1, 2, 3)]
-    mean, best = score_against_references(model, questioned, refs)
-    assert best >= mean
+    scores = score_against_references(model, questioned, refs)
+    mean, best = scores["mean"], scores["max"]
+    assert best >= mean and set(scores) == {"mean", "max", "centroid"}
     assert extra["reference_normalisation"] == "spread"  # verify scores as calibrated
     emb = model.embed([questioned, *refs])
     raw = model.network.head.pairwise(emb[:1], emb[1:]).detach()
@@ -392,9 +410,13 @@ def test_verify_with_references(model_dir, tree, capsys):
     folder = tree / "genuine" / WRITERS[1]
     files = sorted(str(p) for p in folder.iterdir())
     argv = ["verify", str(model_dir), files[0], "--references", *files[1:4]]
-    assert main([*argv, "--aggregate", "max"]) == 0
+    assert main([*argv, "--aggregate", "centroid"]) == 0
     out = capsys.readouterr().out
-    assert "decision" in out and "threshold" in out
+    assert "decision" in out and "threshold" in out and "centroid" in out
+    assert main(argv) == 0  # the model's own aggregate
+    assert "max" in capsys.readouterr().out
+    assert main([*argv, "--aggregate", "median"]) == 1
+    assert "--aggregate must be one of mean, max, centroid" in capsys.readouterr().err
 
 
 def test_verify_unreadable_file_is_a_clear_error(model_dir, tree, tmp_path, capsys):

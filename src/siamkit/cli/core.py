@@ -85,11 +85,17 @@ def verify(
     references: Annotated[
         bool, typer.Option("--references", help="Compare with these enrolled references: K >= 1.")
     ] = False,
-    aggregate: Annotated[str, typer.Option(help="Reference scores: mean or max.")] = "mean",
+    aggregate: Annotated[
+        str | None,
+        typer.Option(
+            help="Reference scores: mean, max or centroid (default: the model's, else mean)."
+        ),
+    ] = None,
 ) -> None:
     """Score QUESTIONED against OTHER (or --references REF1 REF2 ...); decide at the threshold."""
     import siamkit
     from siamkit.evaluation.reference_set import (
+        AGGREGATES,
         saved_reference_threshold,
         score_against_references,
     )
@@ -97,14 +103,19 @@ def verify(
     others = others or []
     if not others or (len(others) > 1 and not references):
         raise DataError("give exactly one input to compare with, or --references REF1 [REF2 ...]")
-    if aggregate not in ("mean", "max"):
-        raise DataError(f"--aggregate must be 'mean' or 'max', got {aggregate!r}")
+    if aggregate is not None and aggregate not in AGGREGATES:
+        raise DataError(f"--aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
     loaded = siamkit.load(model)
-    mean, best = score_against_references(loaded, questioned, others)
-    score = mean if aggregate == "mean" else best
+    aggregate = aggregate or loaded.config.extra.get("reference_aggregate", "mean")
+    score = score_against_references(loaded, questioned, others)[aggregate]
     saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
     threshold = saved if references and saved is not None else loaded.threshold
-    row = {"score": score, "threshold": threshold, "references": len(others)}
+    row = {
+        "score": score,
+        "aggregate": aggregate,
+        "threshold": threshold,
+        "references": len(others),
+    }
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
     print_table("verification", [row])

@@ -1,9 +1,10 @@
 """Reference-set verification, as a bank does it: enroll K genuine signatures of a writer, then
 score a questioned signature by its similarity to those K references.
 
-Two aggregates of the K head scores (higher = more similar): ``mean`` (the mean score, i.e. minus
-the mean distance for the euclidean head) and ``max`` (the best-matching reference, i.e. minus the
-minimum distance). Decisions are always ``score >= threshold``, with the threshold chosen on
+Three aggregates (higher = more similar): ``mean`` (the mean of the K head scores, i.e. minus the
+mean distance for the euclidean head), ``max`` (the best-matching reference, i.e. minus the minimum
+distance) and ``centroid`` (the head score against the mean of the K reference embeddings, the
+writer's prototype). Decisions are always ``score >= threshold``, with the threshold chosen on
 validation writers only.
 
 Optional ``spread`` normalisation (writer-dependent scaling inside a writer-independent model):
@@ -26,7 +27,7 @@ from siamkit.data.signatures import SignatureSet
 from siamkit.errors import DataError
 from siamkit.evaluation.verification import choose_threshold, verification_report
 
-AGGREGATES = ("mean", "max")
+AGGREGATES = ("mean", "max", "centroid")
 NORMALISATIONS = ("none", "spread")
 
 
@@ -105,6 +106,23 @@ def aggregate_scores(scores: Tensor) -> dict[str, Tensor]:
     return {"mean": scores.mean(dim=1), "max": scores.max(dim=1).values}
 
 
+def reference_scores(head: Any, questioned: Tensor, refs: Tensor) -> dict[str, Tensor]:
+    """(T, D) questioned and (T, K, D) reference embeddings -> each of :data:`AGGREGATES`: (T,).
+
+    With K = 1 every aggregate is the single head score.
+    """
+    if refs.ndim != 3 or refs.shape[1] == 0 or questioned.shape != (refs.shape[0], refs.shape[2]):
+        raise DataError(
+            f"expected (T, D) questioned and (T, K >= 1, D) reference embeddings, got "
+            f"{tuple(questioned.shape)} and {tuple(refs.shape)}"
+        )
+    t, k, d = refs.shape
+    with torch.no_grad():
+        scores = head(questioned.repeat_interleave(k, dim=0), refs.reshape(-1, d)).view(t, k)
+        centroid = head(questioned, refs.mean(dim=1))
+    return {**aggregate_scores(scores), "centroid": centroid}
+
+
 def check_normalisation(normalisation: str) -> str:
     """``normalisation`` if it is one of :data:`NORMALISATIONS`, else a clear error."""
     if normalisation not in NORMALISATIONS:
@@ -127,11 +145,11 @@ def reference_spread(head: Any, refs: Tensor) -> Tensor:
 
 
 def normalised_aggregates(
-    head: Any, scores: Tensor, refs: Tensor, normalisation: str = "none"
+    head: Any, questioned: Tensor, refs: Tensor, normalisation: str = "none"
 ) -> dict[str, Tensor]:
-    """Aggregate (T, K) head scores; with ``"spread"`` and K >= 2 divide them by
-    :func:`reference_spread` of the (T, K, D) references first."""
-    aggregated = aggregate_scores(scores)
+    """:func:`reference_scores` of (T, D) questioned and (T, K, D) reference embeddings; with
+    ``"spread"`` and K >= 2 divided by :func:`reference_spread` of the references."""
+    aggregated = reference_scores(head, questioned, refs)
     if check_normalisation(normalisation) == "none" or refs.shape[1] < 2:
         return aggregated
     spread = reference_spread(head, refs)
@@ -142,34 +160,30 @@ def trial_scores(
     head: Any, embeddings: Tensor, trials: ReferenceTrials, normalisation: str = "none"
 ) -> dict[str, np.ndarray]:
     """Score every trial from precomputed ``embeddings`` (one row per image) with ``head``."""
-    t, k = trials.references.shape
-    refs = embeddings[torch.from_numpy(trials.references.reshape(-1))]
-    questioned = embeddings[torch.from_numpy(trials.questioned)].repeat_interleave(k, dim=0)
-    with torch.no_grad():
-        scores = head(questioned, refs).view(t, k)
-    aggregated = normalised_aggregates(head, scores, refs.view(t, k, -1), normalisation)
+    refs = embeddings[torch.from_numpy(trials.references)]
+    questioned = embeddings[torch.from_numpy(trials.questioned)]
+    aggregated = normalised_aggregates(head, questioned, refs, normalisation)
     return {name: values.numpy() for name, values in aggregated.items()}
 
 
 def score_against_references(
     model: Any, questioned: Any, references: Sequence[Any]
-) -> tuple[float, float]:
+) -> dict[str, float]:
     """Score one questioned signature against K >= 1 references of the claimed writer.
 
     ``model`` is a loaded :class:`siamkit.model.Model` (its saved preprocessing is applied to
-    the files). Returns ``(mean_score, max_score)``: the mean of the K head scores and the score
-    of the nearest reference (minimum distance), divided by the reference spread when the model
-    was saved with ``extra["reference_normalisation"] == "spread"``; higher = more likely genuine.
+    the files). Returns the score of each aggregate (``mean``, ``max``, ``centroid``; see the
+    module doc), divided by the reference spread when the model was saved with
+    ``extra["reference_normalisation"] == "spread"``; higher = more likely genuine.
     """
     if len(references) == 0:
         raise DataError("reference-set verification needs at least one reference signature")
     embeddings = model.embed([questioned, *references])
-    head = model.network.head
-    with torch.no_grad():
-        scores = head.pairwise(embeddings[:1], embeddings[1:])
     normalisation = model.config.extra.get("reference_normalisation", "none")
-    aggregated = normalised_aggregates(head, scores, embeddings[None, 1:], normalisation)
-    return float(aggregated["mean"][0]), float(aggregated["max"][0])
+    aggregated = normalised_aggregates(
+        model.network.head, embeddings[:1], embeddings[None, 1:], normalisation
+    )
+    return {name: float(values[0]) for name, values in aggregated.items()}
 
 
 def saved_reference_threshold(extra: dict[str, Any], k: int, aggregate: str) -> float | None:

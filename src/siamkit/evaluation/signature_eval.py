@@ -98,7 +98,7 @@ def writer_scores(
     draws: int = 5,
     normalisation: str = "none",
 ) -> dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]:
-    """Reference-set trials of ``writers`` and their mean/max scores (normalised as asked, see
+    """Reference-set trials of ``writers`` and their aggregate scores (normalised as asked, see
     :mod:`siamkit.evaluation.reference_set`), for each K."""
     emb = embed_writers(network, images, data, writers)
     head = network.head.cpu()
@@ -114,7 +114,7 @@ def reference_validator(
 ):
     """A ``validate`` callable for :func:`siamkit.training.fit`: skilled-forgery EER (and
     ``eer_complement`` = 1 - EER, to maximise) on ``writers`` with K references, averaged over
-    the mean and max aggregates (fewer ties and less noise than either alone)."""
+    the aggregates (fewer ties and less noise than any one alone)."""
 
     def validate(network: SiameseNetwork) -> dict[str, float]:
         device = next(network.parameters()).device
@@ -255,11 +255,15 @@ def save_signature_model(
     thresholds: Thresholds,
     split: WriterSplit,
     normalisation: str = "none",
+    aggregate: str = "mean",
 ) -> Path:
     """Save the fold's model with its SigNet preprocessing, the per-aggregate reference
     thresholds (K = 5, or the largest K) that ``siamkit verify --references`` applies, the
-    thresholds for every K, the score normalisation they were chosen with, and the writer split
-    (so ``siamkit eval`` tests unseen writers)."""
+    thresholds for every K, the score normalisation they were chosen with, the aggregate
+    ``verify`` uses by default, and the writer split (so ``siamkit eval`` tests unseen
+    writers)."""
+    if aggregate not in AGGREGATES:
+        raise DataError(f"reference aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     k_main = 5 if 5 in thresholds else max(thresholds)
     extra = {
         "task": "signatures",
@@ -267,6 +271,7 @@ def save_signature_model(
         "reference_thresholds_k": k_main,
         "reference_thresholds_by_k": {str(k): t for k, t in thresholds.items()},
         "reference_normalisation": check_normalisation(normalisation),
+        "reference_aggregate": aggregate,
         "writers": {"train": split.train, "val": split.val, "test": split.test},
         "recipe": recipe.model_dump(mode="json"),
     }
