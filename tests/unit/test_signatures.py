@@ -3,6 +3,8 @@ the ``siamkit eval`` evaluator and ``siamkit verify --references`` (synthetic im
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +406,19 @@ def test_eval_command_prints_k_table_on_unseen_writers(model_dir, tree, capsys):
     out = " ".join(capsys.readouterr().out.split())  # the console wraps at 80 columns
     assert "signature verification" in out and "skilled" in out and "random" in out
     assert "test writers" in out
+
+
+def test_eval_of_a_model_saved_without_centroid_thresholds(model_dir, tree, tmp_path, capsys):
+    older = tmp_path / "older"
+    shutil.copytree(model_dir, older)
+    config = json.loads((older / "config.json").read_text())
+    extra = config["extra"]
+    for thresholds in [extra["reference_thresholds"], *extra["reference_thresholds_by_k"].values()]:
+        del thresholds["centroid"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(older), str(tree)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "centroid: none saved, at its own EER" in out and "validation writers" in out
 
 
 def test_verify_with_references(model_dir, tree, capsys):

@@ -219,12 +219,13 @@ def reference_report(
     thresholds: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per aggregate and forgery kind (skilled, random): AUC, EER and accuracy, FAR and
-    FRR at ``thresholds[aggregate]`` (each aggregate's own EER threshold when not given)."""
+    FRR at ``thresholds[aggregate]`` (each aggregate's own EER threshold when not given, or
+    when ``thresholds`` has no entry for it)."""
     rows = []
     for name, values in scores.items():
         for kind in ("skilled", "random"):
             mask = trials.of_kind(kind)
-            threshold = None if thresholds is None else thresholds[name]
+            threshold = None if thresholds is None else thresholds.get(name)
             report = verification_report(values[mask], trials.labels[mask], threshold)
             rows.append({"aggregate": name, "forgery": kind, **report})
     return rows

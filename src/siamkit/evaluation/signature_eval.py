@@ -294,8 +294,12 @@ def is_signature_tree(path: Path) -> bool:
 def _thresholds_for(model: Model, ks: Sequence[int]) -> tuple[Thresholds | None, str]:
     extra = model.config.extra
     saved = {k: {a: saved_reference_threshold(extra, k, a) for a in AGGREGATES} for k in ks}
-    if all(value is not None for by_aggregate in saved.values() for value in by_aggregate.values()):
-        return saved, "thresholds chosen on validation writers (the nearest saved K)"  # type: ignore[return-value]
+    kept = [a for a in AGGREGATES if all(saved[k][a] is not None for k in ks)]
+    if kept:
+        source = "thresholds chosen on validation writers (the nearest saved K)"
+        if missing := [a for a in AGGREGATES if a not in kept]:
+            source += f"; {', '.join(missing)}: none saved, at its own EER (optimistic)"
+        return {k: {a: saved[k][a] for a in kept} for k in ks}, source  # type: ignore[misc]
     if model.threshold is not None:
         return {k: dict.fromkeys(AGGREGATES, model.threshold) for k in ks}, "the model threshold"
     return None, "no saved threshold: accuracy/FAR/FRR at each row's own EER (optimistic)"
