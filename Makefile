@@ -10,11 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch/torchvision pinned for this machine (taken from local disk); the package declares ranges.
-	# Their CUDA dependencies come from PyPI: retry interrupted downloads, then the whole install.
-	for attempt in 1 2 3; do \
-		$(BIN)/pip install --quiet --resume-retries 10 torch==2.14.1 torchvision==0.29.1 && break; \
-		test $$attempt -lt 3 || exit 1; echo "torch install failed (attempt $$attempt), retrying"; \
-	done
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
