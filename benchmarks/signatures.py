@@ -37,6 +37,7 @@ from siamkit.encoders import build_encoder  # noqa: E402
 from siamkit.evaluation.reference_set import AGGREGATES  # noqa: E402
 from siamkit.evaluation.signature_eval import (  # noqa: E402
     KS,
+    EmbeddedSignatures,
     calibrate,
     choose_normalisation,
     evaluate_writers,
@@ -75,12 +76,11 @@ def run_fold(
     console.print(f"[bold]{name}[/] fold {fold}: {len(split.train)} train, "
                   f"{len(split.val)} val, {len(split.test)} test writers")  # fmt: skip
     trained = train_fold(recipe, data, images, split, out / name / f"fold{fold}")
-    network = trained.network
-    normalisation, norm_eers = choose_normalisation(network, images, data, split.val)
-    thresholds = calibrate(network, images, data, split.val, KS, recipe.seed, normalisation)
-    val_rows, _ = evaluate_writers(network, images, data, split.val, None, (5,),
-                                   normalisation=normalisation)  # fmt: skip
-    rows, scored = evaluate_writers(network, images, data, split.test, thresholds,
+    embedded = EmbeddedSignatures.of(trained.network, images, data, [*split.val, *split.test])
+    normalisation, norm_eers = choose_normalisation(embedded, split.val)
+    thresholds = calibrate(embedded, split.val, KS, recipe.seed, normalisation)
+    val_rows, _ = evaluate_writers(embedded, split.val, None, (5,), normalisation=normalisation)
+    rows, scored = evaluate_writers(embedded, split.test, thresholds,
                                     normalisation=normalisation)  # fmt: skip
     val_eer = {r["aggregate"]: r["eer"] for r in val_rows if r["forgery"] == "skilled"}
     if fold == 0:

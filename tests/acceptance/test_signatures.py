@@ -19,6 +19,7 @@ def test_short_training_beats_25_percent_skilled_eer_on_unseen_writers(tmp_path,
     from siamkit.cli import main
     from siamkit.data.signatures import read_signature_tree, writer_folds
     from siamkit.evaluation.signature_eval import (
+        EmbeddedSignatures,
         calibrate,
         choose_normalisation,
         evaluate_writers,
@@ -41,14 +42,11 @@ def test_short_training_beats_25_percent_skilled_eer_on_unseen_writers(tmp_path,
     assert not set(split.test) & (set(split.train) | set(split.val))
     images = preprocess_of(recipe)(data.paths)
     fold = train_fold(recipe, data, images, split, tmp_path / "run", show_progress=False)
-    normalisation, _ = choose_normalisation(fold.network, images, data, split.val)
-    thresholds = calibrate(fold.network, images, data, split.val, normalisation=normalisation)
-    rows, _ = evaluate_writers(
-        fold.network, images, data, split.test, thresholds, ks=(5,), normalisation=normalisation
-    )
-    val_rows, _ = evaluate_writers(
-        fold.network, images, data, split.val, None, ks=(5,), normalisation=normalisation
-    )
+    embedded = EmbeddedSignatures.of(fold.network, images, data, [*split.val, *split.test])
+    normalisation, _ = choose_normalisation(embedded, split.val)
+    thresholds = calibrate(embedded, split.val, normalisation=normalisation)
+    rows, _ = evaluate_writers(embedded, split.test, thresholds, (5,), normalisation=normalisation)
+    val_rows, _ = evaluate_writers(embedded, split.val, None, (5,), normalisation=normalisation)
     # the aggregate (mean, max or centroid of the K references) is picked on the validation
     # writers, as in benchmarks/signatures.py
     aggregate = min((r for r in val_rows if r["forgery"] == "skilled"), key=lambda r: r["eer"])[

@@ -342,6 +342,7 @@ RECIPE = {
 @pytest.fixture(scope="module")
 def model_dir(tree, tmp_path_factory) -> Path:
     from siamkit.evaluation.signature_eval import (
+        EmbeddedSignatures,
         calibrate,
         preprocess_of,
         save_signature_model,
@@ -355,9 +356,29 @@ def model_dir(tree, tmp_path_factory) -> Path:
     split = writer_folds(data.writer_ids(), n_folds=2, n_val=1, seed=0)[0]
     out = tmp_path_factory.mktemp("run")
     fold = train_fold(recipe, data, images, split, out, show_progress=False)
-    thresholds = calibrate(fold.network, images, data, split.val, ks=(1, 3), normalisation="spread")
+    embedded = EmbeddedSignatures.of(fold.network, images, data, split.val)
+    thresholds = calibrate(embedded, split.val, ks=(1, 3), normalisation="spread")
     assert set(thresholds) == {1, 3} and set(thresholds[3]) == {"mean", "max", "centroid"}
     return save_signature_model(out / "model", fold, recipe, thresholds, split, "spread", "max")
+
+
+def test_embedded_signatures_embed_only_the_asked_writers(model_dir, tree):
+    """One embedding pass serves every protocol step; other writers' rows stay zero."""
+    import siamkit
+    from siamkit.evaluation.embedding import embed_all
+    from siamkit.evaluation.signature_eval import EmbeddedSignatures
+
+    model = siamkit.load(model_dir)
+    data = read_signature_tree(tree)
+    images = model.prepare(data.paths)
+    writers = WRITERS[:2]
+    embedded = EmbeddedSignatures.of(model.network, images, data, writers)
+    inside = torch.from_numpy(data.of_writers(writers))
+    outside = np.setdiff1d(np.arange(len(data)), data.of_writers(writers))
+    assert torch.allclose(embedded.embeddings[inside], embed_all(model.network, images[inside]))
+    assert not embedded.embeddings[torch.from_numpy(outside)].any()
+    trials, scores = embedded.scores(writers, ks=(3,), draws=1)[3]
+    assert set(scores) == {"mean", "max", "centroid"} and len(scores["mean"]) == len(trials)
 
 
 def test_a_class_proxy_loss_trains_a_fold(tree, tmp_path):

@@ -77,36 +77,41 @@ def preprocess_of(recipe: TrainRecipe) -> SignaturePreprocess:
     )  # fmt: skip
 
 
-def embed_writers(
-    network: SiameseNetwork, images: Tensor, data: SignatureSet, writers: Sequence[str]
-) -> Tensor:
-    """Embeddings of every image (N, D); rows of images outside ``writers`` are left at zero."""
-    idx = data.of_writers(writers)
-    emb = embed_all(network, images[torch.from_numpy(idx)])
-    full = torch.zeros(len(data), emb.shape[1])
-    full[torch.from_numpy(idx)] = emb
-    return full
+@dataclass(frozen=True)
+class EmbeddedSignatures:
+    """A trained network's head and the embeddings of a signature set, computed once and scored
+    by every protocol step (choice of normalisation, calibration, evaluation)."""
 
+    head: Any
+    embeddings: Tensor  # (N, D), one row per image of data; zero for images not embedded
+    data: SignatureSet
 
-def writer_scores(
-    network: SiameseNetwork,
-    images: Tensor,
-    data: SignatureSet,
-    writers: Sequence[str],
-    ks: Sequence[int] = KS,
-    seed: int = 0,
-    draws: int = 5,
-    normalisation: str = "none",
-) -> dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]:
-    """Reference-set trials of ``writers`` and their aggregate scores (normalised as asked, see
-    :mod:`siamkit.evaluation.reference_set`), for each K."""
-    emb = embed_writers(network, images, data, writers)
-    head = network.head.cpu()
-    out = {}
-    for k in ks:
-        trials = reference_trials(data, writers, k, seed=seed + k, draws=draws)
-        out[k] = (trials, trial_scores(head, emb, trials, normalisation))
-    return out
+    @classmethod
+    def of(
+        cls, network: SiameseNetwork, images: Tensor, data: SignatureSet, writers: Sequence[str]
+    ) -> EmbeddedSignatures:
+        """Embed the images of ``writers`` (all other rows stay zero); the head moves to CPU."""
+        idx = torch.from_numpy(data.of_writers(writers))
+        emb = embed_all(network, images[idx])
+        full = torch.zeros(len(data), emb.shape[1])
+        full[idx] = emb
+        return cls(network.head.cpu(), full, data)
+
+    def scores(
+        self,
+        writers: Sequence[str],
+        ks: Sequence[int] = KS,
+        seed: int = 0,
+        draws: int = 5,
+        normalisation: str = "none",
+    ) -> dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]:
+        """Reference-set trials of ``writers`` (embedded) and their aggregate scores
+        (normalised as asked, see :mod:`siamkit.evaluation.reference_set`), for each K."""
+        out = {}
+        for k in ks:
+            trials = reference_trials(self.data, writers, k, seed=seed + k, draws=draws)
+            out[k] = (trials, trial_scores(self.head, self.embeddings, trials, normalisation))
+        return out
 
 
 def reference_validator(
@@ -118,7 +123,8 @@ def reference_validator(
 
     def validate(network: SiameseNetwork) -> dict[str, float]:
         device = next(network.parameters()).device
-        trials, scores = writer_scores(network, images, data, writers, (k,), seed)[k]
+        embedded = EmbeddedSignatures.of(network, images, data, writers)
+        trials, scores = embedded.scores(writers, (k,), seed)[k]
         network.to(device)
         mask = trials.of_kind("skilled")
         eers = {a: equal_error_rate(s[mask], trials.labels[mask])[0] for a, s in scores.items()}
@@ -191,20 +197,13 @@ def train_fold(
 
 
 def choose_normalisation(
-    network: SiameseNetwork,
-    images: Tensor,
-    data: SignatureSet,
-    val_writers: Sequence[str],
-    k: int = 5,
-    seed: int = 0,
+    embedded: EmbeddedSignatures, val_writers: Sequence[str], k: int = 5, seed: int = 0
 ) -> tuple[str, dict[str, float]]:
     """The score normalisation (``none`` or ``spread``) with the lower skilled-forgery EER of
     the validation writers with ``k`` references (best aggregate), and each one's EER."""
     eers = {}
     for normalisation in NORMALISATIONS:
-        trials, scores = writer_scores(
-            network, images, data, val_writers, (k,), seed, normalisation=normalisation
-        )[k]
+        trials, scores = embedded.scores(val_writers, (k,), seed, normalisation=normalisation)[k]
         mask = trials.of_kind("skilled")
         eers[normalisation] = min(
             equal_error_rate(s[mask], trials.labels[mask])[0] for s in scores.values()
@@ -213,25 +212,19 @@ def choose_normalisation(
 
 
 def calibrate(
-    network: SiameseNetwork,
-    images: Tensor,
-    data: SignatureSet,
+    embedded: EmbeddedSignatures,
     val_writers: Sequence[str],
     ks: Sequence[int] = KS,
     seed: int = 0,
     normalisation: str = "none",
 ) -> Thresholds:
     """Per-K, per-aggregate thresholds at the skilled-forgery EER of the validation writers."""
-    scored = writer_scores(
-        network, images, data, val_writers, ks, seed, normalisation=normalisation
-    )
+    scored = embedded.scores(val_writers, ks, seed, normalisation=normalisation)
     return {k: choose_reference_thresholds(s, t) for k, (t, s) in scored.items()}
 
 
 def evaluate_writers(
-    network: SiameseNetwork,
-    images: Tensor,
-    data: SignatureSet,
+    embedded: EmbeddedSignatures,
     writers: Sequence[str],
     thresholds: Thresholds | None,
     ks: Sequence[int] = KS,
@@ -240,7 +233,7 @@ def evaluate_writers(
 ) -> tuple[list[dict[str, Any]], dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]]:
     """Rows (K, aggregate, forgery, AUC, EER, accuracy, FAR, FRR) on ``writers`` at the given
     thresholds, and the raw trials and scores (for plots)."""
-    scored = writer_scores(network, images, data, writers, ks, seed, normalisation=normalisation)
+    scored = embedded.scores(writers, ks, seed, normalisation=normalisation)
     rows = []
     for k, (trials, scores) in scored.items():
         at = None if thresholds is None else thresholds[k]
@@ -321,9 +314,8 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     images = model.prepare(data.paths)
     thresholds, source = _thresholds_for(model, ks)
     normalisation = model.config.extra.get("reference_normalisation", "none")
-    rows, _ = evaluate_writers(
-        model.network, images, data, writers, thresholds, ks, normalisation=normalisation
-    )
+    embedded = EmbeddedSignatures.of(model.network, images, data, writers)
+    rows, _ = evaluate_writers(embedded, writers, thresholds, ks, normalisation=normalisation)
     keep = ("k", "aggregate", "forgery", "eer", "accuracy", "far", "frr", "auc", "threshold")
     table = [{key: row[key] for key in keep} for row in rows]
     which = "the model's test writers (never seen in training)" if saved else "all writers"
