@@ -79,7 +79,7 @@ def decode_png(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
     return 255 - np.asarray(grey, dtype=np.uint8)
 
 
-def _members(archive: zipfile.ZipFile, path: Path) -> list[tuple[str, str, str]]:
+def png_members(archive: zipfile.ZipFile, path: Path) -> list[tuple[str, str, str]]:
     """(member, alphabet, character) of every PNG laid out as
     ``root/Alphabet/characterNN/x.png``."""
     found = []
@@ -98,7 +98,7 @@ def _members(archive: zipfile.ZipFile, path: Path) -> list[tuple[str, str, str]]
 def decode_zip(path: Path, size: int) -> OmniglotImages:
     """Decode every image of an Omniglot zip (no cache); classes are numbered in sorted order."""
     with zipfile.ZipFile(path) as archive:
-        members = _members(archive, path)
+        members = png_members(archive, path)
         images = np.stack([decode_png(archive.read(m), size, f"{path}:{m}") for m, _, _ in members])
     characters = sorted({f"{a}/{c}" for _, a, c in members})
     alphabets = sorted({a for _, a, _ in members})
