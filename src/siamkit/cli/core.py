@@ -110,12 +110,9 @@ def verify(
     score = score_against_references(loaded, questioned, others)[aggregate]
     saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
     threshold = saved if references and saved is not None else loaded.threshold
-    row = {
-        "score": score,
-        "aggregate": aggregate,
-        "threshold": threshold,
-        "references": len(others),
-    }
+    row: dict[str, object] = {"score": score, "threshold": threshold}
+    if references:
+        row |= {"aggregate": aggregate, "references": len(others)}
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
     print_table("verification", [row])
