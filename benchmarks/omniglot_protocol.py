@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -117,6 +117,62 @@ def row(name: str, accuracies: Tensor, episodes: int) -> dict[str, str | int]:
     return {"episodes": name, "count": episodes, "accuracy %": accuracy(accuracies)}
 
 
+@dataclass
+class Decomposition:
+    """Per official run: accuracies of the official episode and of each kind of random one."""
+
+    official: list[Tensor] = field(default_factory=list)
+    same_characters: list[Tensor] = field(default_factory=list)
+    same_drawers: list[Tensor] = field(default_factory=list)
+    same_alphabet: list[Tensor] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+
+
+def decompose(model: siamkit.Model, data: EvaluationSet, embeddings: Tensor, runs, draws, gen):
+    """Score every official run and ``draws`` random episodes per run of rows 2-4."""
+
+    def score(episodes: list[Episode]) -> Tensor:
+        return episode_accuracy(model.network.head, embeddings, episodes, WAYS, "mean")
+
+    out = Decomposition()
+    for run in runs:
+        support = locate(model, run.training, embeddings)
+        query = locate(model, run.test, embeddings)[run.answers.argsort()]
+        alphabet = int(data.groups[support[0]])
+        drawers = (int(data.drawers[support[0]]), int(data.drawers[query[0]]))
+        out.official.append(score([episode(support.tolist(), query.tolist())]))
+        out.same_characters.append(
+            score([drawn(data, data.labels[support], None, gen) for _ in range(draws)])
+        )
+        out.same_drawers.append(score([
+            drawn(data, random_characters(data, alphabet, gen), drawers, gen) for _ in range(draws)
+        ]))  # fmt: skip
+        out.same_alphabet.append(score([
+            drawn(data, random_characters(data, alphabet, gen), None, gen) for _ in range(draws)
+        ]))  # fmt: skip
+        out.runs.append({
+            "run": run.name, "alphabet": data.alphabets[alphabet],
+            "support drawers": sorted(set(data.drawers[support].tolist())),
+            "query drawers": sorted(set(data.drawers[query].tolist())),
+            "official %": f"{100 * float(out.official[-1].mean()):.0f}",
+            "same characters, random drawers %":
+                f"{100 * float(out.same_characters[-1].mean()):.1f}",
+        })  # fmt: skip
+    return out
+
+
+def per_alphabet(head, data: EvaluationSet, embeddings: Tensor, used: list[str], draws, seed):
+    """Random within-alphabet 20-way 1-shot accuracy of each alphabet."""
+    rows = []
+    for g, name in enumerate(data.alphabets):
+        inside = (data.groups == g).nonzero().flatten()
+        eps = sample_episodes(data.labels[inside], WAYS, 1, 1, draws, seed)
+        acc = episode_accuracy(head, embeddings[inside], eps, WAYS, "mean")
+        rows.append({"alphabet": name, "characters": len(data.labels[inside].unique()),
+                     "official runs": used.count(name), "accuracy %": accuracy(acc)})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL, help="a saved Omniglot model folder")
@@ -125,72 +181,45 @@ def main() -> None:
     args = parser.parse_args()
     root = dataset_dir("omniglot")
     model = siamkit.load(args.model)
-    size = model.config.preprocess.params["size"][0]
-    data = evaluation_set(root / "images_evaluation.zip", size)
+    head = model.network.head
+    data = evaluation_set(root / "images_evaluation.zip", model.config.preprocess.params["size"][0])
     embeddings = embed_all(model.network, data.images)
-    head, gen = model.network.head, torch.Generator().manual_seed(args.seed)
-    score = lambda eps: episode_accuracy(head, embeddings, eps, WAYS, "mean")  # noqa: E731
-
-    official, same_chars, same_drawers, same_alphabet, runs_table = [], [], [], [], []
-    for run in read_runs(root / "all_runs.zip"):
-        support = locate(model, run.training, embeddings)
-        query = locate(model, run.test, embeddings)[run.answers.argsort()]
-        alphabet = int(data.groups[support[0]])
-        characters = data.labels[support]
-        drawers = (int(data.drawers[support[0]]), int(data.drawers[query[0]]))
-        official.append(score([episode(support.tolist(), query.tolist())]))
-        same_chars.append(score([drawn(data, characters, None, gen) for _ in range(args.draws)]))
-        same_drawers.append(score([
-            drawn(data, random_characters(data, alphabet, gen), drawers, gen)
-            for _ in range(args.draws)
-        ]))  # fmt: skip
-        same_alphabet.append(score([
-            drawn(data, random_characters(data, alphabet, gen), None, gen)
-            for _ in range(args.draws)
-        ]))  # fmt: skip
-        runs_table.append({
-            "run": run.name, "alphabet": data.alphabets[alphabet],
-            "support drawers": sorted(set(data.drawers[support].tolist())),
-            "query drawers": sorted(set(data.drawers[query].tolist())),
-            "official %": f"{100 * float(official[-1].mean()):.0f}",
-            "same characters, random drawers %": f"{100 * float(same_chars[-1].mean()):.1f}",
-        })  # fmt: skip
-
-    n = args.draws * len(runs_table)
+    gen = torch.Generator().manual_seed(args.seed)
+    runs = read_runs(root / "all_runs.zip")
+    parts = decompose(model, data, embeddings, runs, args.draws, gen)
+    n = args.draws * len(runs)
     all_random = sample_episodes(data.labels, WAYS, 1, 1, 1000, args.seed, groups=data.groups)
     rows = [
-        row("1. the official trials (per trial)", torch.cat(official), 400),
-        row("2. the runs' characters, random drawers", torch.cat(same_chars), n),
+        row("1. the official trials (CI over the 20 runs)", torch.cat(parts.official), 400),
+        row("2. the runs' characters, random drawers", torch.cat(parts.same_characters), n),
         row(
             "3. random characters of the runs' alphabets, the runs' drawers",
-            torch.cat(same_drawers),
+            torch.cat(parts.same_drawers),
             n,
         ),  # fmt: skip
         row(
             "4. random characters of the runs' alphabets, random drawers",
-            torch.cat(same_alphabet),
+            torch.cat(parts.same_alphabet),
             n,
         ),  # fmt: skip
-        row("5. random within-alphabet episodes, all 20 alphabets", score(all_random), 1000),
+        row(
+            "5. random within-alphabet episodes, all 20 alphabets",
+            episode_accuracy(head, embeddings, all_random, WAYS, "mean"),
+            1000,
+        ),  # fmt: skip
     ]
-    per_alphabet = []
-    for g, name in enumerate(data.alphabets):
-        inside = (data.groups == g).nonzero().flatten()
-        eps = sample_episodes(data.labels[inside], WAYS, 1, 1, args.draws, args.seed)
-        acc = episode_accuracy(head, embeddings[inside], eps, WAYS, "mean")
-        used = sum(r["alphabet"] == name for r in runs_table)
-        per_alphabet.append({"alphabet": name, "characters": len(data.labels[inside].unique()),
-                             "official runs": used, "accuracy %": accuracy(acc)})  # fmt: skip
+    used = [r["alphabet"] for r in parts.runs]
+    alphabets = per_alphabet(head, data, embeddings, used, args.draws, args.seed)
     notes = [
         f"Model: `{shown(args.model)}` (no test-time augmentation); 20-way 1-shot, one query per "
         f"class; rows 2-4: {args.draws} seeded episodes per official run (seed {args.seed}); "
-        "mean ± 95% CI over episodes (row 1: over its 400 trials).",
-        "## The official runs\n\n" + markdown_table(runs_table),
+        "mean ± 95% CI over episodes (row 1: over its 20 runs of 20 trials).",
+        "## The official runs\n\n" + markdown_table(parts.runs),
         f"## Random within-alphabet episodes per alphabet ({args.draws} each)\n\n"
-        + markdown_table(per_alphabet),
+        + markdown_table(alphabets),
     ]
     summary = {"model": str(shown(args.model)), "draws": args.draws, "seed": args.seed,
-               "runs": runs_table, "per_alphabet": per_alphabet}  # fmt: skip
+               "runs": parts.runs, "per_alphabet": alphabets}  # fmt: skip
     write_table("omniglot-protocol", "Omniglot: the official runs vs random episodes", rows,
                 summary, notes)  # fmt: skip
 
