@@ -379,6 +379,8 @@ def test_embedded_signatures_embed_only_the_asked_writers(model_dir, tree):
     assert not embedded.embeddings[torch.from_numpy(outside)].any()
     trials, scores = embedded.scores(writers, ks=(3,), draws=1)[3]
     assert set(scores) == {"mean", "max", "centroid"} and len(scores["mean"]) == len(trials)
+    with pytest.raises(DataError, match="were not embedded"):
+        embedded.scores(WRITERS[:3])
 
 
 def test_a_class_proxy_loss_trains_a_fold(tree, tmp_path):

@@ -85,6 +85,7 @@ class EmbeddedSignatures:
     head: Any
     embeddings: Tensor  # (N, D), one row per image of data; zero for images not embedded
     data: SignatureSet
+    writers: frozenset[str]  # the writers whose images were embedded
 
     @classmethod
     def of(
@@ -95,7 +96,7 @@ class EmbeddedSignatures:
         emb = embed_all(network, images[idx])
         full = torch.zeros(len(data), emb.shape[1])
         full[idx] = emb
-        return cls(network.head.cpu(), full, data)
+        return cls(network.head.cpu(), full, data, frozenset(writers))
 
     def scores(
         self,
@@ -107,6 +108,10 @@ class EmbeddedSignatures:
     ) -> dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]:
         """Reference-set trials of ``writers`` (embedded) and their aggregate scores
         (normalised as asked, see :mod:`siamkit.evaluation.reference_set`), for each K."""
+        if missing := sorted(set(writers) - self.writers):
+            raise DataError(
+                f"writers {missing} were not embedded (embedded: {sorted(self.writers)})"
+            )
         out = {}
         for k in ks:
             trials = reference_trials(self.data, writers, k, seed=seed + k, draws=draws)
