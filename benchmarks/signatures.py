@@ -36,11 +36,7 @@ from siamkit.data.signatures import SignatureSet, read_signature_tree, writer_fo
 from siamkit.encoders import build_encoder  # noqa: E402
 from siamkit.evaluation.reference_set import AGGREGATES  # noqa: E402
 from siamkit.evaluation.signature_eval import (  # noqa: E402
-    KS,
-    EmbeddedSignatures,
-    calibrate,
-    choose_normalisation,
-    evaluate_writers,
+    evaluate_fold,
     preprocess_of,
     save_signature_model,
     train_fold,
@@ -76,26 +72,20 @@ def run_fold(
     console.print(f"[bold]{name}[/] fold {fold}: {len(split.train)} train, "
                   f"{len(split.val)} val, {len(split.test)} test writers")  # fmt: skip
     trained = train_fold(recipe, data, images, split, out / name / f"fold{fold}")
-    embedded = EmbeddedSignatures.of(trained.network, images, data, [*split.val, *split.test])
-    normalisation, norm_eers = choose_normalisation(embedded, split.val)
-    thresholds = calibrate(embedded, split.val, KS, recipe.seed, normalisation)
-    val_rows, _ = evaluate_writers(embedded, split.val, None, (5,), normalisation=normalisation)
-    rows, scored = evaluate_writers(embedded, split.test, thresholds,
-                                    normalisation=normalisation)  # fmt: skip
-    val_eer = {r["aggregate"]: r["eer"] for r in val_rows if r["forgery"] == "skilled"}
+    result = evaluate_fold(trained.network, images, data, split, seed=recipe.seed)
     if fold == 0:
-        save_signature_model(out / name / "model", trained, recipe, thresholds, split,
-                             normalisation, min(val_eer, key=val_eer.__getitem__))  # fmt: skip
-    trials, scores = scored[5]
+        save_signature_model(out / name / "model", trained, recipe, result.thresholds, split,
+                             result.normalisation, result.aggregate)  # fmt: skip
+    trials, scores = result.scored[5]
     return {
-        "rows": [{"model": name, "fold": fold, **row} for row in rows],
-        "val_eer": val_eer,
-        "normalisation": normalisation,
-        "val_eer_by_normalisation": norm_eers,
+        "rows": [{"model": name, "fold": fold, **row} for row in result.rows],
+        "val_eer": result.val_eer,
+        "normalisation": result.normalisation,
+        "val_eer_by_normalisation": result.normalisation_eers,
         "train_seconds": trained.seconds,
         "epochs_run": len(trained.history.epochs),
         "best_epoch": trained.history.best_epoch,
-        "k5": {"kinds": trials.kinds, "scores": scores, "thresholds": thresholds[5]},
+        "k5": {"kinds": trials.kinds, "scores": scores, "thresholds": result.thresholds[5]},
     }
 
 

@@ -246,6 +246,45 @@ def evaluate_writers(
     return rows, scored
 
 
+@dataclass(frozen=True)
+class FoldEvaluation:
+    """One trained fold through the protocol: normalisation and thresholds from the validation
+    writers, the test writers' rows, and the validation K = 5 skilled EER of each aggregate."""
+
+    normalisation: str
+    normalisation_eers: dict[str, float]
+    thresholds: Thresholds
+    val_eer: dict[str, float]
+    rows: list[dict[str, Any]]
+    scored: dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]
+
+    @property
+    def aggregate(self) -> str:
+        """The aggregate with the lowest validation EER (the one ``verify`` should use)."""
+        return min(self.val_eer, key=self.val_eer.__getitem__)
+
+
+def evaluate_fold(
+    network: SiameseNetwork,
+    images: Tensor,
+    data: SignatureSet,
+    split: WriterSplit,
+    test_ks: Sequence[int] = KS,
+    seed: int = 0,
+) -> FoldEvaluation:
+    """Embed the fold's validation and test writers once; choose the score normalisation and
+    calibrate thresholds for every K on the validation writers; score the test writers."""
+    embedded = EmbeddedSignatures.of(network, images, data, [*split.val, *split.test])
+    normalisation, normalisation_eers = choose_normalisation(embedded, split.val)
+    thresholds = calibrate(embedded, split.val, KS, seed, normalisation)
+    val_rows, _ = evaluate_writers(embedded, split.val, None, (5,), normalisation=normalisation)
+    rows, scored = evaluate_writers(
+        embedded, split.test, thresholds, test_ks, normalisation=normalisation
+    )
+    val_eer = {r["aggregate"]: r["eer"] for r in val_rows if r["forgery"] == "skilled"}
+    return FoldEvaluation(normalisation, normalisation_eers, thresholds, val_eer, rows, scored)
+
+
 def save_signature_model(
     folder: str | Path,
     fold: TrainedFold,
