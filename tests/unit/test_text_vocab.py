@@ -125,6 +125,7 @@ def test_batches_of_several_pair_sets_never_mix_sets_and_are_reproducible():
         ("gru", True, "last", 12),
         ("lstm", True, "mean", 12),
         ("lstm", True, "max", 12),
+        ("gru", True, "max_mean", 24),
     ],  # fmt: skip
 )
 def test_recurrent_encoder_shapes_and_padding_invariance(cell, bidirectional, pooling, dim):

@@ -171,7 +171,8 @@ class SubwordEmbedding(nn.Module):
 class RecurrentTextEncoder(Encoder):
     """Embedding -> LSTM/GRU over packed sequences -> mean, max or last-state pooling -> (B, D).
 
-    ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional).
+    ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional;
+    doubled again for ``max_mean`` pooling, the max- and mean-pooled states side by side).
     ``freeze_embeddings`` keeps the embedding table fixed (for pre-trained vectors).
     ``subword_buckets`` > 0 adds hashed character n-gram vectors (:class:`SubwordEmbedding`) to
     each word's vector, which helps with rare and unseen words. ``word_dropout`` replaces each
@@ -189,7 +190,7 @@ class RecurrentTextEncoder(Encoder):
         num_layers: int = 1,
         cell: Literal["lstm", "gru"] = "lstm",
         bidirectional: bool = False,
-        pooling: Literal["mean", "max", "last"] = "mean",
+        pooling: Literal["mean", "max", "max_mean", "last"] = "mean",
         dropout: float = 0.0,
         word_dropout: float = 0.0,
         max_length: int = 128,
@@ -199,10 +200,10 @@ class RecurrentTextEncoder(Encoder):
         normalize: bool = False,
     ) -> None:
         super().__init__(normalize=normalize)
-        if cell not in ("lstm", "gru") or pooling not in ("mean", "max", "last"):
+        if cell not in ("lstm", "gru") or pooling not in ("mean", "max", "max_mean", "last"):
             raise ConfigError(
-                f"text encoder: expected cell lstm|gru and pooling mean|max|last, got {cell!r}, "
-                f"{pooling!r}"
+                "text encoder: expected cell lstm|gru and pooling mean|max|max_mean|last, got "
+                f"{cell!r}, {pooling!r}"
             )
         if not 0.0 <= word_dropout < 1.0:
             raise ConfigError(f"text encoder: word_dropout must be in [0, 1), got {word_dropout}")
@@ -229,7 +230,9 @@ class RecurrentTextEncoder(Encoder):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(dropout)
-        self.embedding_dim = hidden_size * (2 if bidirectional else 1)
+        self.embedding_dim = (
+            hidden_size * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
+        )
 
     def check_input(self, x: Sequence[str]) -> None:  # noqa: D102
         if isinstance(x, str) or not all(isinstance(text, str) for text in x):
@@ -262,9 +265,9 @@ class RecurrentTextEncoder(Encoder):
             return torch.cat(list(hidden[-directions:]), dim=1)
         padded, _ = pad_packed_sequence(output, batch_first=True)
         mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded.device)
-        if self.pooling == "max":
-            return padded.masked_fill(~mask[..., None], float("-inf")).max(1).values
-        return (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
+        maximum = padded.masked_fill(~mask[..., None], float("-inf")).max(1).values
+        mean = (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
+        return {"max": maximum, "mean": mean}.get(self.pooling, torch.cat([maximum, mean], 1))
 
     def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
         """Copy pre-trained word vectors into the embedding table; return how many words matched."""
