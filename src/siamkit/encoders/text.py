@@ -169,7 +169,8 @@ class SubwordEmbedding(nn.Module):
 
 
 class RecurrentTextEncoder(Encoder):
-    """Embedding -> LSTM/GRU over packed sequences -> mean, max or last-state pooling -> (B, D).
+    """Embedding -> LSTM/GRU over packed sequences -> mean, max, max_mean or last-state pooling
+    -> (B, D).
 
     ``forward`` takes a list of strings. ``D`` is ``hidden_size`` (doubled when bidirectional;
     doubled again for ``max_mean`` pooling, the max- and mean-pooled states side by side).
@@ -267,7 +268,9 @@ class RecurrentTextEncoder(Encoder):
         mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded.device)
         maximum = padded.masked_fill(~mask[..., None], float("-inf")).max(1).values
         mean = (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
-        return {"max": maximum, "mean": mean}.get(self.pooling, torch.cat([maximum, mean], 1))
+        if self.pooling == "max_mean":
+            return torch.cat([maximum, mean], dim=1)
+        return maximum if self.pooling == "max" else mean
 
     def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
         """Copy pre-trained word vectors into the embedding table; return how many words matched."""
