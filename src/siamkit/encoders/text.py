@@ -168,6 +168,16 @@ class SubwordEmbedding(nn.Module):
         return vectors.view(len(words), length, -1)
 
 
+def masked_max(states: Tensor, mask: Tensor) -> Tensor:
+    """(B, T, D) states, (B, T) mask of real steps -> (B, D) maximum over the real steps."""
+    return states.masked_fill(~mask[..., None], float("-inf")).max(1).values
+
+
+def masked_mean(states: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T, D) states, (B, T) mask and (B,) lengths of real steps -> (B, D) their mean."""
+    return (states * mask[..., None]).sum(1) / lengths[:, None].to(states)
+
+
 class RecurrentTextEncoder(Encoder):
     """Embedding -> LSTM/GRU over packed sequences -> mean, max, max_mean or last-state pooling
     -> (B, D).
@@ -266,11 +276,11 @@ class RecurrentTextEncoder(Encoder):
             return torch.cat(list(hidden[-directions:]), dim=1)
         padded, _ = pad_packed_sequence(output, batch_first=True)
         mask = (torch.arange(padded.shape[1]) < lengths[:, None]).to(padded.device)
-        maximum = padded.masked_fill(~mask[..., None], float("-inf")).max(1).values
-        mean = (padded * mask[..., None]).sum(1) / lengths[:, None].to(padded)
-        if self.pooling == "max_mean":
-            return torch.cat([maximum, mean], dim=1)
-        return maximum if self.pooling == "max" else mean
+        if self.pooling == "max":
+            return masked_max(padded, mask)
+        if self.pooling == "mean":
+            return masked_mean(padded, mask, lengths)
+        return torch.cat([masked_max(padded, mask), masked_mean(padded, mask, lengths)], dim=1)
 
     def init_embeddings(self, vectors: dict[str, Tensor]) -> int:
         """Copy pre-trained word vectors into the embedding table; return how many words matched."""
