@@ -37,7 +37,7 @@ from siamkit.data.paths import dataset_dir
 from siamkit.errors import DataError
 from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.fewshot import episode_accuracy, mean_ci95
-from siamkit.evaluation.omniglot_runs import read_runs
+from siamkit.evaluation.omniglot_runs import Run, read_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "runs" / "omniglot-bench" / "omniglot-batch-hard" / "model"
@@ -128,7 +128,10 @@ class Decomposition:
     runs: list[dict] = field(default_factory=list)
 
 
-def decompose(model: siamkit.Model, data: EvaluationSet, embeddings: Tensor, runs, draws, gen):
+def decompose(
+    model: siamkit.Model, data: EvaluationSet, embeddings: Tensor, runs: list[Run], draws: int,
+    gen: torch.Generator,
+) -> Decomposition:  # fmt: skip
     """Score every official run and ``draws`` random episodes per run of rows 2-4."""
 
     def score(episodes: list[Episode]) -> Tensor:
@@ -161,7 +164,10 @@ def decompose(model: siamkit.Model, data: EvaluationSet, embeddings: Tensor, run
     return out
 
 
-def per_alphabet(head, data: EvaluationSet, embeddings: Tensor, used: list[str], draws, seed):
+def per_alphabet(
+    head: torch.nn.Module, data: EvaluationSet, embeddings: Tensor, used: list[str], draws: int,
+    seed: int,
+) -> list[dict[str, str | int]]:  # fmt: skip
     """Random within-alphabet 20-way 1-shot accuracy of each alphabet."""
     rows = []
     for g, name in enumerate(data.alphabets):
