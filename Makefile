@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit lint format bench face-weights clean
+.PHONY: venv demo test unit docs lint format bench face-weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# the documentation site (docs/ + mkdocs.yml); --strict fails on broken links and missing references
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -52,4 +56,4 @@ $(FACE_WEIGHTS): $(STAMP)
 	$(BIN)/siamkit convert-face-api runs/pretrained/face-api/package/model $(FACE_WEIGHTS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
