@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from siamkit.demo import run_demo
+from conftest import training_seed, training_threads
+from siamkit import demo
 
 pytestmark = pytest.mark.acceptance
 
 
-def test_demo_beats_pixel_nearest_neighbour(tmp_path):
-    summary = run_demo(tmp_path, show_progress=False)
-    assert summary.siamese.mean > summary.baseline.mean
-    assert summary.result.test["eer"] < 0.3
+def test_demo_beats_pixel_nearest_neighbour(tmp_path, figures, monkeypatch):
+    recipe = demo.DEMO_RECIPE
+    monkeypatch.setitem(recipe, "seed", training_seed(recipe["seed"]))
+    threads = training_threads(recipe["training"].get("threads"))
+    monkeypatch.setitem(recipe, "training", recipe["training"] | {"threads": threads})
+    summary = demo.run_demo(tmp_path, show_progress=False)
+    figures.note("pixel_4way_1shot", summary.baseline.mean)
+    figures.check("4way_1shot_over_pixels", summary.siamese.mean - summary.baseline.mean, ">", 0)
+    figures.check("eer", summary.result.test["eer"], "<", 0.3)
     report = (tmp_path / "report.md").read_text()
     assert "pixel nearest neighbour" in report
     for name in ("roc.png", "scores.png", "examples/six_a.png", "model/model.safetensors"):

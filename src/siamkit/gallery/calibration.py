@@ -36,6 +36,38 @@ def threshold_at_far(impostor_scores: Any, far: float = 0.01) -> float:
     return float(np.nextafter(top[allowed], np.float32(np.inf)))
 
 
+def far_interval(accepted: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of a false-accept rate seen as ``accepted`` of
+    ``trials`` impostor comparisons, at two-sided ``confidence``.
+
+    It assumes independent comparisons: impostor pairs among few people share those people, so
+    the true uncertainty of a threshold calibrated on them is wider than this.
+    """
+    from scipy.stats import beta
+
+    if trials < 1 or not 0 <= accepted <= trials:
+        raise DataError(
+            f"far_interval: need 0 <= accepted <= trials, trials >= 1; got {accepted} of {trials}"
+        )
+    if not 0 < confidence < 1:
+        raise DataError(f"far_interval: confidence must be in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2
+    low = 0.0 if accepted == 0 else float(beta.ppf(tail, accepted, trials - accepted + 1))
+    high = 1.0 if accepted == trials else float(beta.ppf(1 - tail, accepted + 1, trials - accepted))
+    return low, high
+
+
+def probe_far(pair_far: float, enrolled: int) -> float:
+    """The open-set false-accept rate of one stranger probed against ``enrolled`` people when
+    each comparison accepts independently with ``pair_far``: ``1 - (1 - pair_far) ** enrolled``
+    (just under ``enrolled x pair_far`` for small rates)."""
+    if not 0 <= pair_far <= 1 or enrolled < 0:
+        raise DataError(
+            f"probe_far: need pair_far in [0, 1] and enrolled >= 0, got {pair_far}, {enrolled}"
+        )
+    return 1 - (1 - pair_far) ** enrolled
+
+
 def impostor_cosines(embeddings: Any, labels: Any) -> np.ndarray:
     """Cosine similarity of every pair of items with different labels."""
     x, y = unit_vectors(embeddings), np.asarray(labels)
