@@ -33,7 +33,8 @@ class MilvusStore:
         uri: Milvus Lite file (``*.db``) or server URI.
         collection: collection name.
         token: credentials for a server (``"user:password"`` or an API key), if it needs them.
-        index_type, index_params: the vector index (default HNSW, ``M=32``, ``efConstruction=200``).
+        index_type: the vector index (default HNSW).
+        index_params: its build parameters (default ``M=32``, ``efConstruction=200``).
         ef_search: HNSW search breadth (raised to ``k`` when a search asks for more).
     """
 
