@@ -105,8 +105,8 @@ class SignaturePreprocess:
         canvas: the fixed (H, W) page the cropped ink is centred on before resizing; its aspect
             ratio should match ``size`` so that signatures are not distorted.
         invert: make ink bright on a zero background (as SigNet).
-        mean: subtracted after scaling pixels to [0, 1].
-        std: then divided by (normalisation).
+        mean: normalisation: subtracted after pixels are scaled to [0, 1].
+        std: normalisation: the centred pixels are divided by it.
     """
 
     name = "signature"
