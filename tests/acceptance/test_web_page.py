@@ -1,0 +1,275 @@
+"""The served web page in a real browser: Debian's Chromium, driven by Playwright, against the
+real server (uvicorn on 127.0.0.1) on a faces model trained briefly on AT&T faces. A person
+verifies two photos of one person, enrolls someone and identifies them from another photo, sees
+errors as one readable line, and can do it all at phone width (390 px). Screenshots go to
+``runs/artifacts/web_page_*.png`` and the docs' copies to ``docs/img/serve_page*.png``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import siamkit
+from conftest import dataset_or_skip
+from siamkit.recipe import load_recipe, parse_recipe, run_recipe
+
+pytestmark = pytest.mark.acceptance
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+CONFIG = REPOSITORY / "configs" / "faces.yaml"
+ARTIFACTS = REPOSITORY / "runs" / "artifacts"
+DOCS_IMG = REPOSITORY / "docs" / "img"
+CHROMIUM = Path("/usr/bin/chromium")
+# as root, Chromium needs --no-sandbox; the rest keep it from reaching for the network
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-dev-shm-usage",
+]  # fmt: skip
+KEY = "web-page-test-key"
+TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> tuple[Path, Path]:
+    """(model folder, dataset folder): the faces recipe trained for 8 epochs instead of 32."""
+    root = dataset_or_skip("att_faces")
+    raw = load_recipe(CONFIG).model_dump(mode="json")
+    raw["training"]["epochs"] = 8
+    raw["evaluation"] |= {"plots": False, "val_pairs": 500, "test_pairs": 500}
+    result = run_recipe(parse_recipe(raw), tmp_path_factory.mktemp("faces"), show_progress=False)
+    return result.model_dir, root
+
+
+@pytest.fixture(scope="module")
+def server(faces, tmp_path_factory):
+    """The real app on a free 127.0.0.1 port (uvicorn in a thread), with one read-write key."""
+    uvicorn = pytest.importorskip("uvicorn", reason="pip install 'siamkit[serve]'")
+    from siamkit.serving.app import create_app
+    from siamkit.serving.settings import ServeSettings
+
+    gallery = tmp_path_factory.mktemp("gallery") / "faces.gallery"
+    app = create_app(faces[0], gallery=gallery, settings=ServeSettings().with_keys(rw=[KEY]))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "ready", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail(f"the server at {url} was not ready within 120 s")
+        time.sleep(0.2)
+    yield url
+    uv.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A fresh headless Chromium profile (no browser download: Debian's /usr/bin/chromium)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1100, "height": 860},
+            device_scale_factor=1,
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """The page, opened at the server's root, with the API key typed in."""
+    page = browser.new_page()
+    page.goto(server)
+    page.get_by_label("API key").fill(KEY)
+    page.locator("#status[data-state=ready]").wait_for()
+    yield page
+    page.close()
+
+
+def save_screenshot(page, name: str, docs_name: str | None = None, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    if docs_name:
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / f"{docs_name}.png")
+    return path
+
+
+def verify_on_page(page, a: Path, b: Path) -> dict:
+    """Drop ``a`` and ``b`` on the verify form through its labelled inputs; the shown result."""
+    page.get_by_role("tab", name="Verify").click()
+    page.get_by_label("First image").set_input_files(str(a))
+    page.get_by_label("Second image").set_input_files(str(b))
+    page.get_by_role("button", name="Verify", exact=True).click()
+    verdict = page.locator("#verify-result .verdict")
+    verdict.wait_for()
+    result = page.locator("#verify-result")
+    return {
+        "decision": verdict.get_attribute("data-decision"),
+        "word": page.locator("#verify-result .verdict-word").inner_text(),
+        "score": float(result.locator("[data-field=score]").inner_text()),
+        "threshold": float(result.locator("[data-field=threshold]").inner_text()),
+    }
+
+
+def test_verify_two_photos_of_one_person_shows_same_with_the_models_score(page, faces):
+    model_dir, root = faces
+    a, b = root / "s1" / "1.pgm", root / "s1" / "2.pgm"
+    shown = verify_on_page(page, a, b)
+    model = siamkit.load(model_dir)
+    expected = float(model.score([str(a)], [str(b)])[0])
+    assert shown["score"] == pytest.approx(expected, abs=2e-3), (shown, expected)
+    assert shown["threshold"] == pytest.approx(model.threshold, abs=2e-3)
+    assert shown["decision"] == "same" and shown["word"] == "Same", shown
+    # the PGM previews are decoded on the page (browsers do not draw PGM)
+    assert page.locator("#panel-verify .thumb img").count() == 2
+    save_screenshot(page, "web_page_verify", "serve_page")
+
+    other = root / "s2" / "1.pgm"
+    shown = verify_on_page(page, a, other)
+    expected = float(model.score([str(a)], [str(other)])[0])
+    assert shown["score"] == pytest.approx(expected, abs=2e-3), (shown, expected)
+    assert shown["decision"] == ("same" if expected >= model.threshold else "different")
+
+
+def test_enroll_then_identify_another_photo_of_them(page, faces):
+    _, root = faces
+    page.get_by_role("tab", name="Enroll").click()
+    for person in ("s3", "s4", "s5"):
+        page.get_by_label("Name").fill(person)
+        files = [str(root / person / f"{i}.pgm") for i in (1, 2, 3)]
+        page.get_by_label("Images of this person").set_input_files(files)
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        done = page.locator(f"#enroll-result [data-enrolled='{person}']")
+        done.wait_for()
+        assert "3 images" in done.inner_text()
+    page.locator("#people-list li", has_text="s5").wait_for()
+    save_screenshot(page, "web_page_enroll")
+
+    page.get_by_role("tab", name="Identify").click()
+    page.get_by_label("Image to identify").set_input_files(str(root / "s4" / "8.pgm"))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    verdict = page.locator("#identify-result .verdict")
+    verdict.wait_for()
+    candidates = page.locator("#identify-result .cand-name").all_inner_texts()
+    assert verdict.get_attribute("data-identity") == "s4", candidates
+    assert candidates[0] == "s4" and sorted(candidates) == ["s3", "s4", "s5"]
+    save_screenshot(page, "web_page_identify", "serve_page_identify")
+
+
+def test_errors_show_as_one_readable_line(page, faces):
+    _, root = faces
+    page.get_by_label("API key").fill("")
+    verify_on_page_error = page.locator("#verify-result .error")
+    page.get_by_label("First image").set_input_files(str(root / "s1" / "1.pgm"))
+    page.get_by_role("button", name="Verify", exact=True).click()
+    verify_on_page_error.wait_for()
+    assert "Choose two images" in verify_on_page_error.inner_text()  # checked on the page
+
+    page.get_by_label("Second image").set_input_files(str(root / "s1" / "3.pgm"))
+    page.get_by_role("button", name="Verify", exact=True).click()
+    page.locator("#verify-result .error", has_text="API key").wait_for()  # 401 from the server
+    message = page.locator("#verify-result .error").inner_text()
+    assert "\n" not in message.strip() and "{" not in message, message
+
+    page.get_by_label("API key").fill(KEY)  # a text file posing as an image: the server's 4xx
+    page.get_by_label("Second image").set_input_files(
+        {"name": "fake.png", "mimeType": "image/png", "buffer": b"not an image at all"}
+    )
+    page.get_by_role("button", name="Verify", exact=True).click()
+    error = page.locator("#verify-result .error")
+    error.wait_for()
+    message = error.inner_text()
+    assert "API key" not in message and "\n" not in message.strip(), message
+    assert error.get_attribute("role") == "alert"
+
+
+def test_drop_zones_work_from_the_keyboard_and_by_drag_and_drop(page, faces):
+    _, root = faces
+    page.get_by_label("First image").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(root / "s1" / "4.pgm"))
+    assert "4.pgm" in page.locator("#panel-verify .drop-hint").first.inner_text()
+    # a drop event carrying a file lands in the second input
+    data = (root / "s1" / "5.pgm").read_bytes()
+    transfer = page.evaluate_handle(
+        """bytes => { const t = new DataTransfer();
+            t.items.add(new File([new Uint8Array(bytes)], "5.pgm"));
+            return t; }""",
+        list(data),
+    )
+    page.locator("label[for=verify-b]").dispatch_event("drop", {"dataTransfer": transfer})
+    page.get_by_role("button", name="Verify", exact=True).click()
+    page.locator("#verify-result .verdict").wait_for()
+    assert page.locator("#verify-result .verdict").get_attribute("data-decision") in (
+        "same",
+        "different",
+    )
+
+
+def test_probability_and_explanation_fields_appear_when_a_response_carries_them(page, faces):
+    _, root = faces
+
+    def add_fields(route):
+        response = route.fetch()
+        body = response.json() | {"probability": 0.973, "explanation": {"method": "test"}}
+        route.fulfill(response=response, json=body)
+
+    page.route("**/v1/verify", add_fields)
+    verify_on_page(page, root / "s1" / "1.pgm", root / "s1" / "6.pgm")
+    result = page.locator("#verify-result")
+    assert "97%" in result.locator("[data-field=probability]").inner_text()
+    assert "P(same) 97%" in result.locator(".verdict-sub").inner_text()
+    assert "test" in result.locator("[data-field=explanation]").inner_text()
+
+
+def test_page_fits_a_phone_width(browser, server, faces):
+    _, root = faces
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(server)
+        page.get_by_label("API key").fill(KEY)
+        page.locator("#status[data-state=ready]").wait_for()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than a 390px screen"
+        first = page.locator("label[for=verify-a]").bounding_box()
+        second = page.locator("label[for=verify-b]").bounding_box()
+        assert second["y"] >= first["y"] + first["height"], (first, second)  # stacked
+        assert first["x"] >= 0 and first["x"] + first["width"] <= 390, first
+        shown = verify_on_page(page, root / "s1" / "1.pgm", root / "s1" / "2.pgm")
+        assert shown["decision"] == "same", shown
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"with a result the page is {overflow}px wider than 390px"
+        save_screenshot(page, "web_page_phone", "serve_page_phone")
+    finally:
+        page.close()
