@@ -10,7 +10,9 @@ identification, the last two through a real :class:`siamkit.gallery.Gallery`.
   most 1% of the impostors' probes (averaged over ``trials`` random halves).
 
 ``siamkit eval MODEL ../shared/datasets/att_faces`` runs all three on the people the model's
-recipe held out for testing (or on every person when the model was not trained on this data).
+recipe held out for testing; on any other folder of people (``<person>/<image>``; any folder for
+a model trained on faces, the AT&T layout for other models) on every person in it the model never
+trained or validated on (see :mod:`siamkit.evaluation.seen_classes`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from siamkit.data.faces import NAME, check_layout, people_folds
+from siamkit.data.faces import NAME, check_layout
 from siamkit.errors import DataError
-from siamkit.evaluation.image_folder_eval import class_files
+from siamkit.evaluation.image_folder_eval import class_files, is_class_tree, unseen_part
+from siamkit.evaluation.seen_classes import Nouns
 from siamkit.evaluation.tasks import EVALUATORS, Report, register_evaluator
 from siamkit.evaluation.verification import equal_error_rate, tar_at_far
 from siamkit.gallery import Gallery, unit_vectors
@@ -33,6 +35,8 @@ from siamkit.gallery.faiss_store import FaissStore
 from siamkit.model import Model
 
 FAR = 0.01
+OPEN_SET_PEOPLE = 4
+PEOPLE = Nouns("person", "people")
 
 
 def verification_metrics(embeddings: Any, labels: Any) -> dict[str, float]:
@@ -92,8 +96,10 @@ def open_set(
     """
     x, y = unit_vectors(embeddings), np.asarray(labels)
     people = np.unique(y)
-    if len(people) < 4:
-        raise DataError(f"open-set identification needs at least 4 people, got {len(people)}")
+    if len(people) < OPEN_SET_PEOPLE:
+        raise DataError(
+            f"open-set identification needs at least {OPEN_SET_PEOPLE} people, got {len(people)}"
+        )
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {
         "dir_at_far_1pct": [],
@@ -144,40 +150,35 @@ def is_att_faces(path: Path) -> bool:
     return True
 
 
-def held_out_people(model: Model, n_people: int) -> list[int] | None:
-    """The person indices the model's recipe kept for testing, if it was trained on AT&T faces."""
-    data = model.config.extra.get("recipe", {}).get("data", {})
-    if data.get("name") != NAME:
-        return None
-    params = {"fold": 0, "test_people": 12, "val_people": 4, "seed": 0} | data.get("params", {})
-    _, _, test = people_folds(
-        n_people, params["test_people"], params["val_people"], params["fold"], params["seed"]
-    )
-    return test.tolist()
+def is_face_model(model: Model) -> bool:
+    """A model trained by a face recipe (its data is AT&T faces): it gets the face evaluation on
+    any folder of people, whatever their folder names and image format."""
+    return model.config.extra.get("recipe", {}).get("data", {}).get("name") == NAME
 
 
-def evaluate_att_faces(model: Model, root: Path) -> Report:
-    """All three evaluations on the model's held-out people (or every person)."""
+def evaluate_faces(model: Model, root: Path) -> Report:
+    """All three evaluations on the people of ``root`` the model never trained or validated on
+    (on AT&T itself: the recipe's test people). Open-set identification needs 4 people."""
     from siamkit.gallery.images import cosine_threshold
 
-    data = class_files(root)
-    people = held_out_people(model, len(data.classes or []))
-    notes = []
-    if people is not None:
-        data = data.subset(torch.isin(data.labels, torch.tensor(people)).nonzero().squeeze(1))
-        notes.append(f"{len(people)} people held out by the model's recipe (never trained on)")
-    else:
-        notes.append("the model's recipe is not for att_faces: evaluating on every person")
+    data, notes = unseen_part(model, class_files(root), root, PEOPLE)
     threshold = cosine_threshold(model)
-    metrics = face_metrics(
-        model.embed(data.items).numpy(), data.labels.numpy(), threshold=threshold
-    )
+    x, y = model.embed(data.items).numpy(), data.labels.numpy()
+    metrics = {**verification_metrics(x, y), **closed_set(x, y)}
+    if len(np.unique(y)) >= OPEN_SET_PEOPLE:
+        metrics |= open_set(x, y, threshold=threshold)
+    else:
+        notes.append(f"open-set identification skipped: it needs {OPEN_SET_PEOPLE} people")
     rows = [{"metric": k, "value": v} for k, v in metrics.items()]
     shown = "none" if threshold is None else f"{threshold:.4f}"
     notes.append(f"{len(data)} images; open-set threshold from the model: {shown}")
-    return Report(f"AT&T faces: {root}", rows, notes)
+    if model.config.extra.get("recipe", {}).get("init_weights"):
+        notes.append("the encoder started from pre-trained weights, whose training people are "
+                     "not known here")  # fmt: skip
+    return Report(f"face recognition on {root.name}", rows, notes)
 
 
-register_evaluator("AT&T faces", is_att_faces, evaluate_att_faces)
-# Before the generic class-folder evaluator, which also recognises this tree.
-EVALUATORS.insert(0, EVALUATORS.pop())
+register_evaluator("AT&T faces", is_att_faces, evaluate_faces)
+register_evaluator("folders of people (a face model)", is_class_tree, evaluate_faces, is_face_model)
+# Before the generic class-folder evaluator, which also recognises these trees.
+EVALUATORS[:0] = [EVALUATORS.pop(), EVALUATORS.pop()]

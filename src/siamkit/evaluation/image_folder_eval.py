@@ -1,5 +1,7 @@
 """``siamkit eval MODEL FOLDER`` for a folder-per-class image tree: verification at the model's
-threshold and N-way 1-shot accuracy, computed from the model's own preprocessing of the files."""
+threshold and N-way 1-shot accuracy, computed from the model's own preprocessing of the files, on
+the classes of the folder the model never trained or validated on (see
+:mod:`siamkit.evaluation.seen_classes`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from siamkit.data.labelled import LabelledData
 from siamkit.data.pairs import make_pairs
 from siamkit.errors import DataError
 from siamkit.evaluation.fewshot import episode_accuracy, mean_ci95
+from siamkit.evaluation.seen_classes import CLASSES, Nouns, seen_classes, select_unseen
 from siamkit.evaluation.tasks import Report, register_evaluator
 from siamkit.evaluation.verification import verification_report
 from siamkit.model import Model
@@ -31,6 +34,18 @@ def class_files(root: Path) -> LabelledData:
                         [d.name for d in dirs])  # fmt: skip
 
 
+def unseen_part(
+    model: Model, data: LabelledData, root: Path, nouns: Nouns = CLASSES, minimum: int = 2
+) -> tuple[LabelledData, list[str]]:
+    """The items of ``data`` (read by :func:`class_files` from ``root``) whose class the model
+    never trained or validated on, and notes naming what was evaluated and left out."""
+    names = data.classes or []
+    present = [names[i] for i in data.class_ids().tolist()]
+    chosen = select_unseen(seen_classes(model), present, root, nouns, minimum)
+    keep = torch.tensor([names.index(n) for n in chosen.evaluated])
+    return data.subset(torch.isin(data.labels, keep).nonzero().squeeze(1)), chosen.notes
+
+
 def is_class_tree(path: Path) -> bool:
     """A folder whose sub-folders hold images."""
     if not path.is_dir():
@@ -40,8 +55,9 @@ def is_class_tree(path: Path) -> bool:
 
 
 def evaluate_class_tree(model: Model, root: Path) -> Report:
-    """Verification on balanced pairs and N-way 1-shot episodes over the tree's classes."""
-    data = class_files(root)
+    """Verification on balanced pairs and N-way 1-shot episodes over the tree's classes that
+    the model never trained or validated on."""
+    data, notes = unseen_part(model, class_files(root), root)
     embeddings = model.embed(data.items)
     a, b, y = make_pairs(data.labels, PAIRS, seed=0)
     with torch.no_grad():
@@ -52,7 +68,7 @@ def evaluate_class_tree(model: Model, root: Path) -> Report:
     episodes = sample_episodes(data.labels, n_way, 1, 1, EPISODES, seed=0)
     mean, ci = mean_ci95(episode_accuracy(model.network.head, embeddings, episodes, n_way, "mean"))
     rows.append({"metric": f"{n_way}-way 1-shot accuracy", "value": f"{mean:.4f} ± {ci:.4f}"})
-    notes = [f"{len(data)} images in {len(data.class_ids())} classes from {root}"]
+    notes.append(f"{len(data)} images in {len(data.class_ids())} classes from {root}")
     if model.threshold is None:
         notes.append("the model has no calibrated threshold: accuracy is at this data's EER")
     return Report(f"evaluation on {root.name}", rows, notes)

@@ -1,9 +1,10 @@
 """The writer-independent signature protocol: train on some writers, choose thresholds on others,
 test on writers never seen, with K enrolled references per writer (K = 1, 3, 5).
 
-Also registers the ``siamkit eval MODEL SIGNATURE_TREE`` evaluator: for a model saved by
-:func:`save_signature_model` it scores the writers the model was never trained on (its test
-writers) and prints one row per K, aggregate and forgery kind.
+Also registers the ``siamkit eval MODEL SIGNATURE_TREE`` evaluator: on any ``genuine/``,
+``forged/`` tree it scores every writer the model was never trained or validated on (on the
+dataset it was trained on: its test writers; on a tree of new writers: all of them) and prints one
+row per K, aggregate and forgery kind.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from siamkit.evaluation.reference_set import (
     saved_reference_threshold,
     trial_scores,
 )
+from siamkit.evaluation.seen_classes import Nouns, seen_classes, select_unseen
 from siamkit.evaluation.tasks import Report, register_evaluator
 from siamkit.evaluation.verification import equal_error_rate
 from siamkit.model import save_model
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from siamkit.recipe import TrainRecipe
 
 KS = (1, 3, 5)
+WRITERS = Nouns("writer", "writers")
 Thresholds = dict[int, dict[str, float]]  # K -> aggregate -> threshold
 
 
@@ -343,16 +346,11 @@ def _thresholds_for(model: Model, ks: Sequence[int]) -> tuple[Thresholds | None,
 
 
 def evaluate_signature_tree(model: Model, root: Path) -> Report:
-    """Reference-set verification (K = 1, 3, 5) on the model's unseen writers in ``root``."""
+    """Reference-set verification (K = 1, 3, 5) on every writer in ``root`` the model never
+    trained or validated on (see :mod:`siamkit.evaluation.seen_classes`)."""
     data = read_tree(root)
-    saved = model.config.extra.get("writers", {}).get("test")
-    present = set(data.writer_ids())
-    writers = [w for w in saved if w in present] if saved else data.writer_ids()
-    if len(writers) < 2:
-        raise DataError(
-            f"{root}: expected at least 2 writers to evaluate, found {len(writers)} "
-            f"(model test writers: {saved})"
-        )
+    chosen = select_unseen(seen_classes(model), data.writer_ids(), root, WRITERS)
+    writers = chosen.evaluated
     fewest = min(len(data.genuine_of(w)) for w in writers)
     ks = [k for k in KS if k < fewest]
     images = model.prepare(data.paths)
@@ -362,11 +360,7 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     rows, _ = evaluate_writers(embedded, writers, thresholds, ks, normalisation=normalisation)
     keep = ("k", "aggregate", "forgery", "eer", "accuracy", "far", "frr", "auc", "threshold")
     table = [{key: row[key] for key in keep} for row in rows]
-    which = "the model's test writers (never seen in training)" if saved else "all writers"
-    notes = [
-        f"{len(writers)} writers of {root}: {which}; decisions at {source}; "
-        f"score normalisation: {normalisation}"
-    ]
+    notes = [*chosen.notes, f"decisions at {source}; score normalisation: {normalisation}"]
     return Report(f"signature verification on {root.name}", table, notes)
 
 

@@ -26,9 +26,13 @@ class Report:
 
 @dataclass
 class Evaluator:
+    """``run(model, path)`` evaluates every ``path`` that ``matches`` (for the models that
+    ``accepts``, when given: e.g. a face model on any folder of people)."""
+
     name: str
     matches: Callable[[Path], bool]
     run: Callable[[Model, Path], Report]
+    accepts: Callable[[Model], bool] | None = None
 
 
 EVALUATORS: list[Evaluator] = []
@@ -50,10 +54,14 @@ def load_evaluators() -> None:
 
 
 def register_evaluator(
-    name: str, matches: Callable[[Path], bool], run: Callable[[Model, Path], Report]
+    name: str,
+    matches: Callable[[Path], bool],
+    run: Callable[[Model, Path], Report],
+    accepts: Callable[[Model], bool] | None = None,
 ) -> None:
-    """Make ``run(model, path)`` the evaluator of every data path for which ``matches`` holds."""
-    EVALUATORS.append(Evaluator(name, matches, run))
+    """Make ``run(model, path)`` the evaluator of every data path for which ``matches`` holds
+    (and, if ``accepts`` is given, of the models it accepts only)."""
+    EVALUATORS.append(Evaluator(name, matches, run, accepts))
 
 
 def evaluate_path(model: Model, path: str | Path) -> Report:
@@ -63,7 +71,7 @@ def evaluate_path(model: Model, path: str | Path) -> Report:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     for evaluator in EVALUATORS:
-        if evaluator.matches(path):
+        if evaluator.matches(path) and (evaluator.accepts is None or evaluator.accepts(model)):
             return evaluator.run(model, path)
     names = ", ".join(e.name for e in EVALUATORS)
     raise DataError(f"{path}: no evaluator recognises this data (known: {names})")
