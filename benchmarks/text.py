@@ -43,11 +43,11 @@ from benchmarks_common import environment, target_report
 from siamkit.data.text import read_mrpc, read_stsb, read_stsb_sources
 from siamkit.encoders import build_encoder
 from siamkit.heads import CosineHead
+from siamkit.recipe import load_recipe, run_recipe
 from siamkit.siamese import SiameseNetwork
 from siamkit.text import evaluate_sts, fewshot_text_accuracy
 from siamkit.text.paraphrase import choose_pair_threshold, threshold_report
 from siamkit.text.similarity import sentences_per_second, similarity
-from siamkit.text.training import load_text_recipe, run_text_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -124,13 +124,13 @@ def run_stage(name: str, runs: Path) -> dict[str, Any]:
     if name == "zeroshot":
         network, seed = load_network(None), 0
     else:
-        recipe = load_text_recipe(RECIPES[name])
+        recipe = load_recipe(RECIPES[name])
         out = runs / RECIPES[name].stem
         if name in SEEDS:
             recipe = recipe.model_copy(update={"seed": SEEDS[name]})
             out = out.with_name(f"{out.name}-seed{SEEDS[name]}")
         resumed = same_run(recipe, out)
-        result = run_text_recipe(recipe, out, resume=resumed)
+        result = run_recipe(recipe, out, resume=resumed)
         network, seed = SiameseNetwork(result_encoder(result), CosineHead()), recipe.seed
         epochs = result.history.epochs
         record.update(
@@ -334,7 +334,7 @@ def write_results(stages: dict[str, dict[str, Any]], command: str) -> None:
             if s.get("resumed"):
                 lines.append(
                     f"(trained before this stage by the same recipe into {s['model_dir']}'s "
-                    "parent, e.g. `siamkit train-text RECIPE --out THAT_FOLDER`; the stage found "
+                    "parent, e.g. `siamkit train RECIPE --out THAT_FOLDER`; the stage found "
                     "the finished checkpoint, resumed it and evaluated the model)"
                 )
             lines += [

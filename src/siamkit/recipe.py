@@ -3,7 +3,8 @@
 ``siamkit train CONFIG.yaml`` runs :func:`run_recipe`: read the dataset, build the twin network and
 its loss, draw pairs / triplets / class-balanced batches (chosen by the loss), train with
 checkpoints, choose the decision threshold on validation pairs, report on the held-out test
-classes, and save a model folder that ``siamkit.load`` and every CLI command accept.
+classes, and save a model folder that ``siamkit.load`` and every CLI command accept. Recipes of
+given sentence pairs (STS-B, MRPC) share the schema and are run by :mod:`siamkit.text.training`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights
@@ -36,109 +35,22 @@ from siamkit.evaluation.verification import (
 from siamkit.heads import HEADS
 from siamkit.losses import build_loss
 from siamkit.model import save_model
+from siamkit.recipe_schema import (  # noqa: F401  (the schema is part of this module's API)
+    SENTENCE_PAIR_DATASETS,
+    BatchSettings,
+    EvaluationSettings,
+    FewShotSettings,
+    SentencePairData,
+    TrainRecipe,
+    VocabularySettings,
+    load_recipe,
+    parse_config,
+    parse_recipe,
+    read_yaml,
+)
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
-from siamkit.training import History, TrainConfig, fit, last_epoch_weights
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BatchSettings(_Strict):
-    """How training batches are drawn. The loss decides the kind: pair losses get balanced pairs,
-    the triplet loss triplets, mined losses class-balanced batches (``m_per_class`` per class)."""
-
-    batch_size: int = Field(64, ge=2)
-    examples_per_epoch: int = Field(10_000, ge=1, description="pairs or triplets per epoch")
-    positive_fraction: float = Field(0.5, gt=0, lt=1)
-    m_per_class: int = Field(4, ge=2)
-    batches_per_epoch: int | None = Field(None, ge=1)
-    groups_per_batch: int | None = Field(
-        None, ge=1, description="draw each mined batch's classes from this many groups"
-    )
-
-
-class FewShotSettings(_Strict):
-    """One N-way K-shot evaluation on the test classes."""
-
-    n_way: int = Field(ge=2)
-    k_shot: int = Field(1, ge=1)
-    episodes: int = Field(1000, ge=1)
-    within_groups: bool = False
-
-
-class EvaluationSettings(_Strict):
-    """Validation during training and the final report on the test classes."""
-
-    val_pairs: int = Field(2000, ge=2)
-    test_pairs: int = Field(5000, ge=2)
-    monitor: Literal["auc", "eer_complement"] = "auc"
-    threshold_rule: Literal["eer", "accuracy"] = "eer"
-    keep: Literal["best", "last"] = Field(
-        "best", description="weights to keep: the best validation epoch, or the last (when the "
-        "validation classes are too few to pick an epoch reliably)",
-    )  # fmt: skip
-    fewshot: list[FewShotSettings] = Field(default_factory=list)
-    plots: bool = True
-
-
-class TrainRecipe(_Strict):
-    """Everything ``siamkit train`` needs, as read from a YAML file."""
-
-    seed: int = 0
-    data: ComponentSpec
-    data_dir: str | None = None
-    encoder: ComponentSpec
-    init_weights: str | None = Field(
-        None,
-        description="safetensors file of pre-trained encoder weights to start from (e.g. "
-        "written by `siamkit convert-face-api`); must match the encoder exactly",
-    )
-    head: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="euclidean"))
-    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="contrastive"))
-    preprocess: ComponentSpec | None = None
-    augmentation: list[ComponentSpec] = Field(default_factory=list)
-    batches: BatchSettings = Field(default_factory=BatchSettings)
-    training: TrainConfig = Field(default_factory=TrainConfig)
-    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
-
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """The parsed contents of a YAML file; a missing or malformed file raises ConfigError."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: no such recipe file") from error
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
-
-
-def parse_config(raw: Any, model: type[ConfigT], source: str) -> ConfigT:
-    """Validate ``raw`` as a ``model``; errors name ``source`` and each offending field."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from error
-
-
-def load_recipe(path: str | Path) -> TrainRecipe:
-    """Read and validate a recipe YAML; errors name the file and the offending field."""
-    return parse_config(read_yaml(path), TrainRecipe, str(path))
-
-
-def parse_recipe(raw: Any, source: str = "recipe") -> TrainRecipe:
-    """Validate a recipe given as a dict."""
-    return parse_config(raw, TrainRecipe, source)
+from siamkit.training import History, fit, last_epoch_weights
 
 
 @dataclass
@@ -151,6 +63,7 @@ class RecipeResult:
     test: dict[str, float]
     fewshot: dict[str, FewShotResult] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+    train_seconds: float | None = None
 
 
 def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
@@ -218,7 +131,12 @@ def run_recipe(
     data_dir: str | Path | None = None,
     show_progress: bool = True,
 ) -> RecipeResult:
-    """Train, calibrate, evaluate and save as the recipe says; outputs go under ``out_dir``."""
+    """Train, calibrate, evaluate and save as the recipe says; outputs go under ``out_dir``.
+    Sentence-pair recipes are run by :func:`siamkit.text.training.run_text_recipe`."""
+    if recipe.sentence_pairs:
+        from siamkit.text.training import run_text_recipe
+
+        return run_text_recipe(recipe, out_dir, resume, data_dir, show_progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
@@ -237,9 +155,7 @@ def run_recipe(
         validate=_monitored(validate, evaluation.monitor), monitor=evaluation.monitor,
         resume=resume, show_progress=show_progress,
     )  # fmt: skip
-    if evaluation.keep == "last" and history.epochs:
-        state = out_dir / "checkpoint" / "state.safetensors"
-        load_weights(network, last_epoch_weights(out_dir), state)
+    keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
     val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
@@ -266,6 +182,14 @@ def run_recipe(
     result = RecipeResult(model_dir, history, threshold, test, fewshot, plots)
     atomic_write_text(out_dir / "report.json", json.dumps(result_summary(result), indent=2))
     return result
+
+
+def keep_weights(network: nn.Module, keep: str, history: History, out_dir: Path) -> None:
+    """Load the last epoch's weights into ``network`` when ``keep`` is "last" (``fit`` leaves
+    the best epoch's)."""
+    if keep == "last" and history.epochs:
+        state = out_dir / "checkpoint" / "state.safetensors"
+        load_weights(network, last_epoch_weights(out_dir), state)
 
 
 def _monitored(validate: Any, monitor: str) -> Any:

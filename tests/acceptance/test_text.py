@@ -13,16 +13,17 @@ import torch
 import siamkit
 from conftest import dataset_or_skip, training_seed, training_threads
 from siamkit.data.text import read_stsb
+from siamkit.recipe import parse_recipe, run_recipe
 from siamkit.text import evaluate_sts
-from siamkit.text.training import TextRecipe, build_text_encoder, run_text_recipe
+from siamkit.text.training import build_text_encoder
 
 RECIPE = {
     "seed": 0,
-    "data": "stsb",
+    "data": {"name": "stsb"},
     "encoder": {"name": "text_rnn", "params": {"embedding_size": 300, "hidden_size": 300,
                                                "max_length": 64}},
     "loss": {"name": "cosent"},
-    "batch_size": 32,
+    "batches": {"batch_size": 32},
     "training": {"epochs": 2, "optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0},
 }  # fmt: skip
 
@@ -30,12 +31,12 @@ RECIPE = {
 @pytest.mark.acceptance
 def test_brief_training_improves_stsb_dev_spearman(tmp_path, figures):
     folder = dataset_or_skip("stsbenchmark")
-    recipe = TextRecipe.model_validate(RECIPE | {"seed": training_seed(RECIPE["seed"])})
+    recipe = parse_recipe(RECIPE | {"seed": training_seed(RECIPE["seed"])})
     recipe.training.threads = training_threads(recipe.training.threads)
     train, dev = read_stsb("train", folder), read_stsb("dev", folder)
     torch.manual_seed(recipe.seed)  # the same initial weights run_text_recipe starts from
     start = evaluate_sts(build_text_encoder(recipe, [train]), dev)["spearman"]
-    result = run_text_recipe(recipe, tmp_path / "run", data_dir=folder, show_progress=False)
+    result = run_recipe(recipe, tmp_path / "run", data_dir=folder, show_progress=False)
     tuned = max(e["spearman"] for e in result.history.epochs)
     print(f"STS-B dev Spearman: start {start:.2f} -> after 2 epochs {tuned:.2f}")
     figures.note("dev_spearman_start", start)

@@ -1,5 +1,5 @@
-"""Text commands end to end on a tiny STS-style dataset: train-text, similarity, match-text,
-classify-text, paraphrase; and one-line errors."""
+"""Text commands end to end on a tiny STS-style dataset: train (and its alias train-text),
+similarity, match-text, classify-text, paraphrase; and one-line errors."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 import siamkit
 from siamkit.cli import main
-from siamkit.text.training import TextRecipe, run_text_recipe
+from siamkit.errors import ConfigError
+from siamkit.recipe import parse_recipe, run_recipe
 
 SENTENCES = [
     ("a man plays a guitar", "a man is playing the guitar", 4.8),
@@ -37,10 +37,10 @@ def write_stsb(folder):
 
 RECIPE = {
     "seed": 0,
-    "data": "stsb",
+    "data": {"name": "stsb"},
     "encoder": {"name": "text_rnn", "params": {"embedding_size": 16, "hidden_size": 16}},
     "loss": {"name": "cosent"},
-    "batch_size": 4,
+    "batches": {"batch_size": 4},
     "training": {"epochs": 2, "lr": 0.01},
 }
 
@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(RECIPE))
     out = tmp / "run"
-    assert main(["train-text", str(config), "--out", str(out), "--data-dir", str(data)]) == 0
+    assert main(["train", str(config), "--out", str(out), "--data-dir", str(data)]) == 0
     return tmp, out / "model"
 
 
@@ -125,10 +125,10 @@ def test_paraphrase_calibrate_save_and_decide(trained, capsys):
 
 def test_text_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**RECIPE, "data": "imdb"}))
-    assert main(["train-text", str(bad)]) == 1
+    bad.write_text(yaml.safe_dump({**RECIPE, "data": {"name": "stsb", "params": {"split": 1}}}))
+    assert main(["train-text", str(bad)]) == 1  # the alias of train
     err = capsys.readouterr().err
-    assert "bad.yaml" in err and "data" in err and len(err.strip().splitlines()) == 1
+    assert "bad.yaml" in err and "data.params.split" in err and len(err.strip().splitlines()) == 1
     assert main(["similarity", str(tmp_path / "nope"), "a", "b"]) == 1
     assert "not a model folder" in capsys.readouterr().err
 
@@ -162,12 +162,12 @@ def test_extra_train_pairs_join_the_vocabulary_and_the_batches(tmp_path, monkeyp
         ("shares of acme rose", "a zebra grazes", 0.0)] * 12  # fmt: skip
     write_mrpc(root / "mrpc", news)
     monkeypatch.setenv("SIAMKIT_DATA", str(root))
-    recipe = TextRecipe.model_validate({**RECIPE, "extra_train": "mrpc"})
-    result = run_text_recipe(recipe, tmp_path / "run", data_dir=write_stsb(tmp_path / "stsb"),
-                             show_progress=False)  # fmt: skip
+    recipe = parse_recipe({**RECIPE, "data": {"name": "stsb", "params": {"extra_train": "mrpc"}}})
+    result = run_recipe(recipe, tmp_path / "run", data_dir=write_stsb(tmp_path / "stsb"),
+                        show_progress=False)  # fmt: skip
     vocabulary = siamkit.load(result.model_dir).network.encoder.vocabulary
     assert "zebra" in vocabulary.words and "guitar" in vocabulary.words
     # 8 STS-B pairs and 90% of 24 MRPC pairs (the rest is MRPC's validation) in batches of 4
     assert result.history.epochs[0]["steps"] == 2 + 6
-    with pytest.raises(ValidationError, match="another dataset"):
-        TextRecipe.model_validate({**RECIPE, "extra_train": "stsb"})
+    with pytest.raises(ConfigError, match="another dataset"):
+        parse_recipe({**RECIPE, "data": {"name": "stsb", "params": {"extra_train": "stsb"}}})

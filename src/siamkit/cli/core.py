@@ -33,7 +33,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
 ) -> None:
-    """Train a model from a recipe; writes OUT/model, checkpoints, plots and report.json."""
+    """Train a model from a recipe (images, text: any file in configs/); writes OUT/model,
+    checkpoints and report.json."""
     from siamkit.recipe import load_recipe, run_recipe
 
     recipe = load_recipe(config)
@@ -41,8 +42,14 @@ def train(
     result = run_recipe(recipe, out, resume=resume, data_dir=data_dir)
     rows = [{"metric": k, "value": v} for k, v in result.test.items()]
     rows += [{"metric": k, "value": str(v)} for k, v in result.fewshot.items()]
-    print_table("test classes (never seen in training)", rows)
+    if result.train_seconds is not None:
+        rows.append({"metric": "train minutes", "value": result.train_seconds / 60})
+    split = f"{recipe.data.name} test split" if recipe.sentence_pairs else "test classes"
+    print_table(f"{split} (never seen in training)", rows)
     console.print(f"model saved to {result.model_dir}")
+
+
+app.command("train-text", help="The same as `siamkit train` (kept for text recipes).")(train)
 
 
 @app.command("convert-face-api")

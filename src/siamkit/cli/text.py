@@ -1,4 +1,4 @@
-"""Text commands: train-text, similarity, match-text, classify-text, paraphrase."""
+"""Text commands: similarity, match-text, classify-text, paraphrase (train: `siamkit train`)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,7 @@ import typer
 from siamkit.cli.app import app, console, print_table
 from siamkit.errors import DataError
 
-ModelArg = Annotated[Path, typer.Argument(help="Text model folder (siamkit train-text output).")]
-
-
-@app.command("train-text")
-def train_text(
-    config: Annotated[Path, typer.Argument(help="Text recipe YAML (configs/stsb-*.yaml).")],
-    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder override.")] = None,
-) -> None:
-    """Train a text model on sentence pairs (STS-B scores or MRPC labels); saves OUT/model."""
-    from siamkit.text.training import load_text_recipe, run_text_recipe
-
-    recipe = load_text_recipe(config)
-    result = run_text_recipe(recipe, out or Path("runs") / config.stem, resume, data_dir)
-    rows = [{"metric": k, "value": v} for k, v in result.test.items()]
-    rows.append({"metric": "train minutes", "value": result.train_seconds / 60})
-    print_table(f"{recipe.data} test split", rows)
-    console.print(f"model saved to {result.model_dir}")
+ModelArg = Annotated[Path, typer.Argument(help="Text model folder (siamkit train output).")]
 
 
 @app.command()

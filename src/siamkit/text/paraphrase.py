@@ -22,7 +22,7 @@ def check_binary(pairs: TextPairs, what: str) -> None:
         raise DataError(f"{what}: expected 0/1 labels with both classes present, got {values}")
 
 
-ThresholdRule = Literal["accuracy", "f1"]
+ThresholdRule = Literal["accuracy", "f1", "eer"]
 
 
 def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -34,13 +34,14 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def choose_pair_threshold(scores: Any, labels: Any, rule: ThresholdRule = "accuracy") -> float:
-    """The cosine threshold with the highest accuracy (``rule="accuracy"``) or the highest F1 of
-    the "same" class (``rule="f1"``) on these labelled pairs."""
+    """The cosine threshold with the highest accuracy (``rule="accuracy"``), the highest F1 of
+    the "same" class (``rule="f1"``) or at the equal error rate (``rule="eer"``) on these
+    labelled pairs."""
     if rule == "f1":
         return f1_threshold(np.asarray(scores), np.asarray(labels))
-    if rule == "accuracy":
-        return choose_threshold(scores, labels, "accuracy")
-    raise DataError(f"threshold rule: expected 'accuracy' or 'f1', got {rule!r}")
+    if rule in ("accuracy", "eer"):
+        return choose_threshold(scores, labels, rule)
+    raise DataError(f"threshold rule: expected 'accuracy', 'f1' or 'eer', got {rule!r}")
 
 
 def paraphrase_threshold(

@@ -1,11 +1,13 @@
-"""Training text models on sentence pairs: ``siamkit train-text CONFIG.yaml``.
+"""Training text models on sentence pairs: ``siamkit train CONFIG.yaml`` with ``data: stsb``
+or ``data: mrpc``.
 
-The core recipe (``siamkit train``) draws pairs from class labels; sentence-pair data instead
-comes as given pairs with a graded score (STS-B) or a 0/1 label (MRPC), and a word-level encoder
-needs its vocabulary built from the training text first. This module reads such a recipe, builds
-the encoder (vocabulary for ``text_rnn``), trains with the core :func:`~siamkit.training.fit`
-(checkpoints, resume, early stopping on dev Spearman or AUC), chooses the decision threshold and
-saves a model folder that ``siamkit.load`` and every text command accept.
+A class dataset's recipe draws pairs from class labels; sentence-pair data instead comes as given
+pairs with a graded score (STS-B) or a 0/1 label (MRPC), and a word-level encoder needs its
+vocabulary built from the training text first. For such a recipe (the one
+:class:`~siamkit.recipe_schema.TrainRecipe` schema) this module builds the encoder (vocabulary
+for ``text_rnn``), trains with the core :func:`~siamkit.training.fit` (checkpoints, resume, early
+stopping on dev Spearman or AUC), chooses the decision threshold and saves a model folder that
+``siamkit.load`` and every text command accept.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -35,71 +35,22 @@ from siamkit.errors import ConfigError
 from siamkit.heads import CosineHead
 from siamkit.losses import build_loss
 from siamkit.model import save_model
-from siamkit.recipe import parse_config, read_yaml
+from siamkit.recipe import RecipeResult, keep_weights
+from siamkit.recipe_schema import SentencePairData, TrainRecipe
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
 from siamkit.text.paraphrase import ThresholdRule, choose_pair_threshold, paraphrase_report
 from siamkit.text.similarity import evaluate_sts, similarity
 from siamkit.text_losses import ScoredPairLoss, binarize
-from siamkit.training import History, TrainConfig, fit
+from siamkit.training import fit
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def pair_data(recipe: TrainRecipe) -> SentencePairData:
+    """The recipe's ``data.params`` as sentence-pair settings (checked when the recipe is read)."""
+    return SentencePairData.model_validate(recipe.data.params)
 
 
-class VocabularySettings(_Strict):
-    """How the word-level encoder's vocabulary is built from the training sentences."""
-
-    min_freq: int = Field(1, ge=1)
-    max_size: int | None = Field(None, ge=3)
-    pretrained_words: bool = Field(
-        False,
-        description="also add the whole words of the init_embeddings model's word-piece "
-        "vocabulary, so words unseen in training keep their pre-trained vector",
-    )
-
-
-class TextRecipe(_Strict):
-    """Everything ``siamkit train-text`` needs, as read from a YAML file."""
-
-    seed: int = 0
-    data: Literal["stsb", "mrpc"] = "stsb"
-    data_dir: str | None = None
-    extra_train: Literal["stsb", "mrpc"] | None = Field(
-        None,
-        description="also train on this dataset's training pairs (from the datasets root; "
-        "targets rescaled to the main dataset's range) in batches of their own; validation "
-        "and test stay on `data`",
-    )
-    encoder: ComponentSpec
-    vocabulary: VocabularySettings = Field(default_factory=VocabularySettings)
-    init_embeddings: str | None = Field(
-        None, description="sentence-transformer whose word-piece vectors initialise text_rnn"
-    )
-    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="cosent"))
-    batch_size: int = Field(16, ge=2)
-    train_pairs: int | None = Field(
-        None, ge=2, description="train on a seeded subset of this many pairs (quick runs)"
-    )
-    threshold_rule: ThresholdRule = Field(
-        "accuracy", description="the decision threshold maximises accuracy or F1 of 'same'"
-    )
-    training: TrainConfig = Field(default_factory=TrainConfig)
-
-    @model_validator(mode="after")
-    def _extra_is_another_dataset(self) -> TextRecipe:
-        if self.extra_train == self.data:
-            raise ValueError(f"extra_train must name another dataset than data ({self.data!r})")
-        return self
-
-
-def load_text_recipe(path: str | Path) -> TextRecipe:
-    """Read and validate a text recipe YAML; errors name the file and the offending field."""
-    return parse_config(read_yaml(path), TextRecipe, str(path))
-
-
-def build_text_encoder(recipe: TextRecipe, train: Sequence[TextPairs]) -> nn.Module:
+def build_text_encoder(recipe: TrainRecipe, train: Sequence[TextPairs]) -> nn.Module:
     """The recipe's encoder; ``text_rnn`` gets a vocabulary of the training sentences and,
     if asked, embeddings initialised from a sentence-transformer's word pieces."""
     if recipe.encoder.name != "text_rnn":
@@ -119,7 +70,7 @@ def build_text_encoder(recipe: TextRecipe, train: Sequence[TextPairs]) -> nn.Mod
     return encoder
 
 
-def build_text_loss(recipe: TextRecipe, network: SiameseNetwork, max_score: float) -> nn.Module:
+def build_text_loss(recipe: TrainRecipe, network: SiameseNetwork, max_score: float) -> nn.Module:
     """The loss; scored losses get the dataset's ``max_score`` unless the recipe sets one."""
     spec = recipe.loss
     if spec.name in ("cosent", "cosine_regression") and "max_score" not in spec.params:
@@ -142,10 +93,10 @@ def training_pairs(loss: nn.Module, splits: TextSplits) -> TextPairs:
     return TextPairs(train.a, train.b, labels)
 
 
-def extra_training_splits(recipe: TextRecipe, splits: TextSplits) -> TextSplits:
-    """The ``extra_train`` dataset's splits (from the datasets root, see
+def extra_training_splits(name: str, seed: int, splits: TextSplits) -> TextSplits:
+    """The splits of dataset ``name`` (from the datasets root, see
     :func:`~siamkit.data.paths.datasets_root`) with scores rescaled to ``splits``' range."""
-    extra = read_text_splits(recipe.extra_train, seed=recipe.seed)
+    extra = read_text_splits(name, seed=seed)
     factor = splits.max_score / extra.max_score
     train = TextPairs(extra.train.a, extra.train.b, extra.train.scores * factor)
     return TextSplits(
@@ -175,66 +126,68 @@ def decision_threshold(
     return choose_pair_threshold(similarity(network, pairs.a, pairs.b), labels, rule)
 
 
-@dataclass
-class TextRunResult:
-    """What a text recipe run produced."""
-
-    model_dir: Path
-    history: History
-    threshold: float
-    test: dict[str, float]
-    train_seconds: float
-
-
 def run_text_recipe(
-    recipe: TextRecipe,
+    recipe: TrainRecipe,
     out_dir: str | Path,
     resume: bool = False,
     data_dir: str | Path | None = None,
     show_progress: bool = True,
-) -> TextRunResult:
-    """Train, calibrate, evaluate on the test split and save the model under ``out_dir``."""
+) -> RecipeResult:
+    """Train, calibrate, evaluate on the test split and save the model under ``out_dir``
+    (what :func:`siamkit.recipe.run_recipe` does for a sentence-pair recipe)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
-    folder = data_dir or recipe.data_dir
-    splits = read_text_splits(recipe.data, Path(folder) if folder else None, seed=recipe.seed)
-    if recipe.train_pairs is not None and recipe.train_pairs < len(splits.train):
-        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))
-        splits.train = splits.train.subset(order[: recipe.train_pairs])
-    extra = extra_training_splits(recipe, splits) if recipe.extra_train else None
-    all_splits = [splits] if extra is None else [splits, extra]
+    splits, all_splits = read_pair_splits(recipe, data_dir)
     torch.manual_seed(recipe.seed)
     network = SiameseNetwork(
         build_text_encoder(recipe, [s.train for s in all_splits]), CosineHead()
     )
     loss = build_text_loss(recipe, network, splits.max_score)
     sources = [training_pairs(loss, s) for s in all_splits]
-    batches = TextPairBatches(sources, recipe.batch_size, recipe.seed)
-    monitor = "spearman" if splits.max_score > 1 else "auc"
+    batches = TextPairBatches(sources, recipe.batches.batch_size, recipe.seed)
+    evaluation = recipe.evaluation
     config = recipe.training.model_copy(update={"seed": recipe.seed})
     started = time.perf_counter()
     history = fit(
         network, loss, batches, config, out_dir, validate=pair_validator(splits),
-        monitor=monitor, resume=resume, show_progress=show_progress,
+        monitor=evaluation.monitor, resume=resume, show_progress=show_progress,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
+    keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
-    threshold = decision_threshold(network, splits, recipe.threshold_rule)
+    threshold = decision_threshold(network, splits, evaluation.threshold_rule)
     if splits.max_score > 1:
         test = evaluate_sts(network, splits.test)
     else:
         test = paraphrase_report(network, splits.test, threshold)
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, {"name": "cosine"}, None, threshold,
-        extra={"task": "text", "text_recipe": recipe.model_dump(mode="json"), "test": test},
+        extra={"task": "text", "recipe": recipe.model_dump(mode="json"), "test": test},
     )  # fmt: skip
-    result = TextRunResult(model_dir, history, threshold, test, train_seconds)
+    result = RecipeResult(model_dir, history, threshold, test, train_seconds=train_seconds)
     atomic_write_text(out_dir / "report.json", json.dumps(summary(result), indent=2))
     return result
 
 
-def summary(result: TextRunResult) -> dict[str, Any]:
+def read_pair_splits(
+    recipe: TrainRecipe, data_dir: str | Path | None = None
+) -> tuple[TextSplits, list[TextSplits]]:
+    """The recipe's dataset splits (cut to ``train_pairs`` when set), and those with the
+    ``extra_train`` dataset's splits after them."""
+    params = pair_data(recipe)
+    folder = data_dir or recipe.data_dir
+    name = recipe.data.name
+    splits = read_text_splits(name, Path(folder) if folder else None, seed=recipe.seed)
+    if params.train_pairs is not None and params.train_pairs < len(splits.train):
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))
+        splits.train = splits.train.subset(order[: params.train_pairs])
+    if params.extra_train is None:
+        return splits, [splits]
+    return splits, [splits, extra_training_splits(params.extra_train, recipe.seed, splits)]
+
+
+def summary(result: RecipeResult) -> dict[str, Any]:
     """A JSON-able summary of a run."""
     return {
         "model_dir": str(result.model_dir),

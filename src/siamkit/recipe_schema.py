@@ -1,0 +1,278 @@
+"""The recipe schema: what a training recipe YAML may say, checked before anything runs.
+
+One schema for every kind of data: ``data`` names a class dataset (labelled items whose pairs
+are drawn per batch: digits, Omniglot, faces, signatures) or a sentence-pair dataset (given
+pairs with graded scores or 0/1 labels: STS-B, MRPC), and ``encoder``, ``head``, ``loss``,
+``batches``, ``training`` and ``evaluation`` mean the same for both. :mod:`siamkit.recipe` runs
+a recipe; errors name the file and each offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from siamkit.errors import ConfigError
+from siamkit.registry import ComponentSpec
+from siamkit.training import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+SENTENCE_PAIR_DATASETS = ("stsb", "mrpc")
+"""``data`` names of given sentence pairs (STS-B graded 0-5, MRPC labelled 0/1), trained by
+:mod:`siamkit.text.training`; every other name is a class dataset (a reader of
+:data:`~siamkit.data.datasets.DATASETS`) whose pairs are drawn from its classes."""
+
+
+class BatchSettings(_Strict):
+    """How training batches are drawn; ``batch_size`` is the examples of one step for every
+    dataset. Class datasets: the loss decides the kind (pair losses get balanced pairs, the
+    triplet loss triplets, mined losses class-balanced batches of ``m_per_class`` per class).
+    Sentence-pair datasets: each given pair is used once per epoch, in shuffled batches of
+    ``batch_size`` pairs; the other settings apply to class datasets only."""
+
+    batch_size: int = Field(64, ge=2)
+    examples_per_epoch: int = Field(10_000, ge=1, description="pairs or triplets per epoch")
+    positive_fraction: float = Field(0.5, gt=0, lt=1)
+    m_per_class: int = Field(4, ge=2)
+    batches_per_epoch: int | None = Field(None, ge=1)
+    groups_per_batch: int | None = Field(
+        None, ge=1, description="draw each mined batch's classes from this many groups"
+    )
+
+
+class FewShotSettings(_Strict):
+    """One N-way K-shot evaluation on the test classes."""
+
+    n_way: int = Field(ge=2)
+    k_shot: int = Field(1, ge=1)
+    episodes: int = Field(1000, ge=1)
+    within_groups: bool = False
+
+
+class EvaluationSettings(_Strict):
+    """Validation during training and the final report on the test split. ``monitor``,
+    ``threshold_rule`` and ``keep`` apply to every dataset; the drawn pairs, few-shot episodes
+    and plots to class datasets (sentence-pair datasets are scored on their given pairs)."""
+
+    val_pairs: int = Field(2000, ge=2)
+    test_pairs: int = Field(5000, ge=2)
+    monitor: Literal["auc", "eer_complement", "spearman"] = Field(
+        "auc", description="the validation metric that picks the best epoch; default auc, "
+        "spearman for graded sentence pairs (stsb)",
+    )  # fmt: skip
+    threshold_rule: Literal["eer", "accuracy", "f1"] = Field(
+        "eer", description="the decision threshold is at the validation EER, or maximises "
+        "accuracy or F1 of 'same' (sentence pairs only); default eer, accuracy for sentence pairs",
+    )  # fmt: skip
+    keep: Literal["best", "last"] = Field(
+        "best", description="weights to keep: the best validation epoch, or the last (when the "
+        "validation classes are too few to pick an epoch reliably)",
+    )  # fmt: skip
+    fewshot: list[FewShotSettings] = Field(default_factory=list)
+    plots: bool = True
+
+
+class VocabularySettings(_Strict):
+    """How a word-level text encoder's (``text_rnn``) vocabulary is built from the training
+    sentences."""
+
+    min_freq: int = Field(1, ge=1)
+    max_size: int | None = Field(None, ge=3)
+    pretrained_words: bool = Field(
+        False,
+        description="also add the whole words of the init_embeddings model's word-piece "
+        "vocabulary, so words unseen in training keep their pre-trained vector",
+    )
+
+
+class SentencePairData(_Strict):
+    """``data.params`` of a sentence-pair dataset (``stsb``, ``mrpc``)."""
+
+    extra_train: Literal["stsb", "mrpc"] | None = Field(
+        None,
+        description="also train on this dataset's training pairs (from the datasets root; "
+        "targets rescaled to the main dataset's range) in batches of their own; validation "
+        "and test stay on `data`",
+    )
+    train_pairs: int | None = Field(
+        None, ge=2, description="train on a seeded subset of this many pairs (quick runs)"
+    )
+
+
+class TrainRecipe(_Strict):
+    """Everything ``siamkit train`` needs, as read from a YAML file: one schema for images,
+    text and any other input.
+
+    ``data`` names the dataset and its reader's params; a class dataset (digits, omniglot,
+    att_faces, signatures...) gives labelled items whose pairs are drawn per batch, a
+    sentence-pair dataset (:data:`SENTENCE_PAIR_DATASETS`) gives the pairs and their targets.
+    ``encoder``, ``head`` and ``loss`` are registry specs (a bare name stands for
+    ``{name: ...}``); ``batches``, ``training`` and ``evaluation`` say how to draw batches, fit
+    and choose the threshold. Settings that only make sense for the other kind of dataset are
+    refused when they differ from their defaults.
+    """
+
+    seed: int = 0
+    data: ComponentSpec
+    data_dir: str | None = None
+    encoder: ComponentSpec
+    init_weights: str | None = Field(
+        None,
+        description="safetensors file of pre-trained encoder weights to start from (e.g. "
+        "written by `siamkit convert-face-api`); must match the encoder exactly",
+    )
+    init_embeddings: str | None = Field(
+        None, description="sentence-transformer whose word-piece vectors initialise text_rnn"
+    )
+    vocabulary: VocabularySettings = Field(default_factory=VocabularySettings)
+    head: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="euclidean"),
+        description="default euclidean; cosine (the only one) for sentence pairs",
+    )
+    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="contrastive"))
+    preprocess: ComponentSpec | None = None
+    augmentation: list[ComponentSpec] = Field(default_factory=list)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+    @field_validator("data", "encoder", "head", "loss", "preprocess", mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def sentence_pairs(self) -> bool:
+        """Whether ``data`` is a sentence-pair dataset (else a class dataset)."""
+        return self.data.name in SENTENCE_PAIR_DATASETS
+
+    @model_validator(mode="after")
+    def _fits_the_data(self) -> TrainRecipe:
+        if self.sentence_pairs:
+            problems = _sentence_pair_problems(self)
+            if not problems:
+                _sentence_pair_defaults(self)
+        else:
+            problems = _class_data_problems(self)
+        if problems:
+            raise PydanticCustomError("recipe", "; ".join(problems))
+        return self
+
+
+def _changed(settings: BaseModel, names: tuple[str, ...], prefix: str) -> list[str]:
+    """``prefix.name`` of each of ``names`` whose value differs from its default."""
+    default = type(settings)()
+    return [f"{prefix}.{n}" for n in names if getattr(settings, n) != getattr(default, n)]
+
+
+def _sentence_pair_problems(recipe: TrainRecipe) -> list[str]:
+    """Settings of a sentence-pair recipe that do not fit its data."""
+    name = recipe.data.name
+    try:
+        params = SentencePairData.model_validate(recipe.data.params)
+    except ValidationError as error:
+        return [f"data.params.{_where(e)}: {e['msg']}" for e in error.errors()]
+    problems = []
+    if params.extra_train == name:
+        problems.append(f"data.params.extra_train must name another dataset than {name!r}")
+    only_classes = [
+        *_changed(recipe.batches, tuple(f for f in BatchSettings.model_fields
+                                        if f != "batch_size"), "batches"),
+        *_changed(recipe.evaluation, ("val_pairs", "test_pairs", "fewshot", "plots"),
+                  "evaluation"),
+        *(["init_weights"] if recipe.init_weights else []),
+        *(["preprocess"] if recipe.preprocess else []),
+        *(["augmentation"] if recipe.augmentation else []),
+    ]  # fmt: skip
+    problems += [
+        f"{field}: applies to class datasets, not to the given pairs of {name!r}"
+        for field in only_classes
+    ]
+    if "head" in recipe.model_fields_set and recipe.head.name != "cosine":
+        problems.append(f"head: sentence pairs are compared by cosine, got {recipe.head.name!r}")
+    fields = recipe.evaluation.model_fields_set
+    monitor = _pair_monitor(name)
+    if "monitor" in fields and recipe.evaluation.monitor != monitor:
+        problems.append(f"evaluation.monitor: {name!r} is monitored by {monitor!r}")
+    return problems
+
+
+def _pair_monitor(name: str) -> str:
+    """The validation metric of a sentence-pair dataset: Spearman for graded, AUC for 0/1."""
+    return "spearman" if name == "stsb" else "auc"
+
+
+def _sentence_pair_defaults(recipe: TrainRecipe) -> None:
+    """Fill in the sentence-pair defaults of settings the recipe leaves out."""
+    evaluation = recipe.evaluation
+    if "monitor" not in evaluation.model_fields_set:
+        evaluation.monitor = _pair_monitor(recipe.data.name)  # type: ignore[assignment]
+    if "threshold_rule" not in evaluation.model_fields_set:
+        evaluation.threshold_rule = "accuracy"
+    if "head" not in recipe.model_fields_set:
+        recipe.head = ComponentSpec(name="cosine")
+
+
+def _class_data_problems(recipe: TrainRecipe) -> list[str]:
+    """Settings of a class-dataset recipe that only sentence-pair data takes."""
+    only_pairs = [
+        *(["init_embeddings"] if recipe.init_embeddings else []),
+        *_changed(recipe.vocabulary, tuple(VocabularySettings.model_fields), "vocabulary"),
+        *(["evaluation.monitor: spearman"] if recipe.evaluation.monitor == "spearman" else []),
+        *(["evaluation.threshold_rule: f1"] if recipe.evaluation.threshold_rule == "f1" else []),
+    ]
+    return [
+        f"{field}: applies to sentence-pair data ({', '.join(SENTENCE_PAIR_DATASETS)}), not "
+        f"to the class dataset {recipe.data.name!r}"
+        for field in only_pairs
+    ]
+
+
+def _where(error: Any) -> str:
+    """The dotted location of one pydantic error."""
+    return ".".join(str(p) for p in error["loc"])
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML file; a missing or malformed file raises ConfigError."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: no such recipe file") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+
+
+def parse_config(raw: Any, model: type[ConfigT], source: str) -> ConfigT:
+    """Validate ``raw`` as a ``model``; errors name ``source`` and each offending field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_where(e)}: {e['msg']}" if e["loc"] else e["msg"] for e in error.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from error
+
+
+def load_recipe(path: str | Path) -> TrainRecipe:
+    """Read and validate a recipe YAML; errors name the file and the offending field."""
+    return parse_config(read_yaml(path), TrainRecipe, str(path))
+
+
+def parse_recipe(raw: Any, source: str = "recipe") -> TrainRecipe:
+    """Validate a recipe given as a dict."""
+    return parse_config(raw, TrainRecipe, source)
