@@ -8,7 +8,9 @@ A store is a folder::
 Every change is one SQLite transaction that also bumps a ``generation`` counter. The index is
 written under its generation's name (to a temporary file, then renamed) on :meth:`save`. On open,
 an index whose generation does not match the database is ignored and rebuilt from the vectors in
-SQLite, so a crash at any moment leaves a store that reopens consistent.
+SQLite, so a crash at any moment leaves a store that reopens consistent. Several processes may
+share one folder: SQLite serialises their writes, and each process reloads its index when it
+sees the generation moved (on every write, every search and :meth:`FaissStore.refresh`).
 
 The index is exact (``IndexFlatIP``) below ``hnsw_threshold`` vectors and HNSW above it
 (``index="auto"``), or whichever of ``"flat"``/``"hnsw"`` is asked for. HNSW cannot delete in
@@ -95,6 +97,7 @@ class FaissStore:
         if index not in (None, "auto", "flat", "hnsw"):
             raise GalleryError(f"index must be 'auto', 'flat' or 'hnsw', got {index!r}")
         self._index: faiss.IndexIDMap2 | None = None
+        self._seen = self.generation
         self._removed = np.empty(0, dtype=np.int64)
         self.dim: int | None = None
         self._count = 0
@@ -108,6 +111,7 @@ class FaissStore:
         self.dim = None if dim is None else int(dim)
         self._count = self._counted()
         self._index = self._load_index()
+        self._seen = self.generation  # the database state the in-memory index matches
 
     # -- the SQLite side -------------------------------------------------------------------------
 
@@ -123,14 +127,27 @@ class FaissStore:
         """One atomic change: COMMIT, or ROLLBACK and reload the in-memory state on error."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if self.generation != self._seen:  # another process committed since we looked
+                self._reload()
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             self._reload()
             raise
         self._db.execute("COMMIT")
+        self._seen = self.generation
+
+    def refresh(self) -> bool:
+        """Catch up with changes other processes committed to the same folder: reload the
+        in-memory state and index when the database's generation moved. Returns whether it had.
+        """
+        if self.generation == self._seen:
+            return False
+        self._reload()
+        return True
 
     def _reload(self) -> None:
+        self._seen = self.generation
         dim = self._get("dim", None)
         self.dim = None if dim is None else int(dim)
         self._count = self._counted()
@@ -294,6 +311,7 @@ class FaissStore:
 
     def search(self, vectors: np.ndarray, k: int) -> SearchResult:
         """The ``k`` stored vectors of highest inner product with each query row."""
+        self.refresh()
         n = len(self)
         if n == 0 or self._index is None:
             raise GalleryError(f"gallery {self.folder} is empty: enroll or index something first")

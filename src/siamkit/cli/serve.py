@@ -1,0 +1,99 @@
+"""``siamkit serve``: the HTTP API (FastAPI + uvicorn). fastapi, uvicorn and torch are imported
+only when the command runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from siamkit.cli.app import app, console
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model folder (from siamkit train).")],
+    gallery: Annotated[
+        str | None,
+        typer.Option(help="Gallery folder, Milvus Lite *.db or URI (enroll/identify/search)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (other machines: 0.0.0.0).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one gallery).")] = 1,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No API keys: local experiments only.")
+    ] = False,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="File of keys, one a line: rw:<key> or ro:<key>.")
+    ] = None,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests.")
+    ] = True,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Inputs per forward pass.")] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(min=0, help="Wait for a batch to fill (ms).")
+    ] = None,
+    queue_size: Annotated[
+        int | None, typer.Option(min=1, help="Requests waiting before 503.")
+    ] = None,
+    max_upload_bytes: Annotated[int | None, typer.Option(min=1, help="Request body bytes.")] = None,
+    max_image_pixels: Annotated[
+        int | None, typer.Option(min=1, help="Pixels of one image.")
+    ] = None,
+    max_items: Annotated[
+        int | None, typer.Option(min=1, help="Images or texts per request.")
+    ] = None,
+    max_text_chars: Annotated[int | None, typer.Option(min=1, help="Characters per text.")] = None,
+    torch_threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads per worker.")
+    ] = None,
+) -> None:
+    """Serve MODEL over HTTP: /v1/embed, verify, similarity, enroll, identify, people, index,
+    search; /docs, /health, /ready, /metrics. API keys from SIAMKIT_API_KEYS (read-write),
+    SIAMKIT_READONLY_API_KEYS or --api-keys-file."""
+    import uvicorn
+
+    from siamkit.model import read_config
+    from siamkit.serving.app import GALLERY_ENV, MODEL_ENV
+    from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
+
+    read_config(model)  # a wrong folder is a one-line error now, not in every worker
+    settings = ServeSettings.from_env(
+        no_auth=no_auth or None, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        queue_size=queue_size, max_upload_bytes=max_upload_bytes,
+        max_image_pixels=max_image_pixels, max_items=max_items, max_text_chars=max_text_chars,
+        torch_threads=torch_threads,
+    )  # fmt: skip
+    if api_keys_file is not None:
+        settings = settings.with_key_file(api_keys_file)
+    settings.check_auth()
+    if settings.no_auth:
+        console.print(
+            "[bold red]WARNING: --no-auth: anyone who can reach "
+            f"{host}:{port} may embed, verify, enroll and delete. Local experiments only.[/]"
+        )
+    os.environ[SETTINGS_ENV] = settings.to_env()  # digests only: workers inherit it
+    os.environ[MODEL_ENV] = str(model.resolve())
+    os.environ[GALLERY_ENV] = "" if gallery is None else _location(gallery)
+    console.print(f"siamkit serve: {model} on http://{host}:{port} (docs: /docs)")
+    uvicorn.run(
+        "siamkit.serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=30,
+        log_level="info",
+    )
+
+
+def _location(gallery: str) -> str:
+    """A gallery folder or Milvus Lite file as an absolute path (workers may chdir); URIs as
+    they are."""
+    if "://" in gallery or gallery.startswith("unix:"):
+        return gallery
+    return str(Path(gallery).resolve())

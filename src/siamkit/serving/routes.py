@@ -1,0 +1,311 @@
+"""The ``/v1/`` endpoints: embed, verify, similarity (the model) and enroll, identify, people,
+index, search (the gallery). See ``docs/serve.md`` for every endpoint with a curl example."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from torch import Tensor
+
+from siamkit.errors import GalleryError
+from siamkit.serving.auth import require_read, require_write
+from siamkit.serving.inputs import (
+    Blob,
+    check_count,
+    check_texts,
+    content_kind,
+    decode_base64,
+    form_files,
+    form_text,
+    read_form,
+    read_json,
+)
+from siamkit.serving.schemas import (
+    FILE,
+    FILES,
+    Deleted,
+    Embeddings,
+    EmbedJSON,
+    Enrolled,
+    Identification,
+    Indexed,
+    PairJSON,
+    People,
+    SearchResults,
+    Verification,
+    errors,
+    multipart,
+    multipart_or_json,
+)
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+READ = [Depends(require_read)]
+WRITE = [Depends(require_write)]
+MODEL_ERRORS = errors(400, 401, 413, 415, 503)
+GALLERY_READ_ERRORS = errors(400, 401, 404, 409, 413, 415, 422, 503)
+GALLERY_WRITE_ERRORS = errors(400, 401, 403, 404, 409, 413, 415, 503)
+
+
+def _server(request: Request) -> Any:
+    server = request.app.state.server
+    if not server.ready:
+        detail = f"start-up failed: {server.failure}" if server.failure else "the model is loading"
+        raise HTTPException(503, detail, headers={"Retry-After": "1"})
+    return server
+
+
+def _gallery(server: Any) -> Any:
+    if server.gallery is None:
+        raise HTTPException(404, "this server has no gallery: start it with --gallery PATH")
+    return server.gallery
+
+
+def _check_k(k: int, server: Any) -> int:
+    if k > server.settings.max_k:
+        raise HTTPException(422, f"query k: at most {server.settings.max_k}, got {k}")
+    return k
+
+
+async def _embed_images(server: Any, blobs: list[Blob]) -> Tensor:
+    """Decode + preprocess on the decode threads, then embed through the batcher."""
+    if server.model.kind != "image":
+        raise HTTPException(400, "this is a text model: send texts as JSON")
+    loop = asyncio.get_running_loop()
+    tensors = await loop.run_in_executor(server.decoder, server.model.prepare, blobs)
+    return await server.batcher.embed(tensors)
+
+
+async def _embed_texts(server: Any, texts: list[str], where: str = "texts") -> Tensor:
+    if server.model.kind != "text":
+        raise HTTPException(400, "this is an image model: send images (multipart or base64)")
+    return await server.batcher.embed(check_texts(texts, server.settings, where))
+
+
+@router.post(
+    "/embed", dependencies=READ, response_model=None,
+    responses={200: {"model": Embeddings}, **MODEL_ERRORS},
+    openapi_extra=multipart_or_json(
+        {"type": "object", "properties": {"files": FILES}, "required": ["files"]}, EmbedJSON
+    ),
+)  # fmt: skip
+async def embed(request: Request) -> JSONResponse:
+    """Embeddings of 1..n images (multipart ``files`` or JSON ``images`` in base64) or of texts
+    (JSON ``texts``)."""
+    server = _server(request)
+    if content_kind(request) == "multipart":
+        form = await read_form(request, server.settings)
+        vectors = await _embed_images(server, await form_files(form, "files", server.settings))
+    else:
+        body = await read_json(request, EmbedJSON)
+        if (body.images is None) == (body.texts is None):
+            raise HTTPException(400, 'JSON body: give exactly one of "images" or "texts"')
+        if body.images is not None:
+            if not body.images:
+                raise HTTPException(400, "images: expected at least one image")
+            check_count(len(body.images), server.settings, "images")
+            blobs = [decode_base64(b, f"images[{i}]") for i, b in enumerate(body.images)]
+            vectors = await _embed_images(server, blobs)
+        else:
+            vectors = await _embed_texts(server, body.texts or [])
+    return JSONResponse({"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])})
+
+
+VERIFY_FORM = {
+    "type": "object",
+    "properties": {
+        "a": FILE, "b": FILE, "questioned": FILE, "references": FILES,
+        "aggregate": {"type": "string", "enum": ["mean", "max", "centroid"]},
+    },
+}  # fmt: skip
+
+
+@router.post(
+    "/verify", dependencies=READ, response_model=None,
+    responses={200: {"model": Verification}, **MODEL_ERRORS},
+    openapi_extra=multipart_or_json(VERIFY_FORM, PairJSON),
+)  # fmt: skip
+async def verify(request: Request) -> JSONResponse:
+    """Are ``a`` and ``b`` the same (person, writer, meaning)? Multipart files ``a`` and ``b``, or
+    JSON ``{"a", "b"}`` (base64 images; strings for a text model). Reference-set form: multipart
+    ``questioned`` + ``references`` (K files, optional ``aggregate``)."""
+    server = _server(request)
+    if content_kind(request) == "json":
+        body = await read_json(request, PairJSON)
+        if server.model.kind == "text":
+            emb = await _embed_texts(server, [body.a, body.b], "a/b")
+        else:
+            blobs = [decode_base64(body.a, "a"), decode_base64(body.b, "b")]
+            emb = await _embed_images(server, blobs)
+        return JSONResponse(server.model.pair(emb[0], emb[1]))
+    form = await read_form(request, server.settings)
+    if "questioned" in form or "references" in form:
+        questioned = await form_files(form, "questioned", server.settings)
+        references = await form_files(form, "references", server.settings)
+        if len(questioned) != 1:
+            raise HTTPException(400, "multipart field 'questioned': expected exactly one file")
+        aggregate = form.get("aggregate")
+        if aggregate is not None and not isinstance(aggregate, str):
+            raise HTTPException(400, "multipart field 'aggregate': expected a text value")
+        emb = await _embed_images(server, questioned + references)
+        return JSONResponse(server.model.against_references(emb, aggregate or None))
+    pair = []
+    for field in ("a", "b"):
+        files = await form_files(form, field, server.settings)
+        if len(files) != 1:
+            raise HTTPException(400, f"multipart field {field!r}: expected exactly one file")
+        pair += files
+    emb = await _embed_images(server, pair)
+    return JSONResponse(server.model.pair(emb[0], emb[1]))
+
+
+@router.post(
+    "/similarity", dependencies=READ, response_model=None,
+    responses={200: {"model": Verification}, **MODEL_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": PairJSON.model_json_schema()}}}},
+)  # fmt: skip
+async def similarity(request: Request) -> JSONResponse:
+    """Similarity of two texts (text models only) and the decision at the model's threshold."""
+    server = _server(request)
+    content_kind(request, ("json",))
+    body = await read_json(request, PairJSON)
+    if server.model.kind != "text":
+        raise HTTPException(400, "/v1/similarity is for text models; use /v1/verify for images")
+    emb = await _embed_texts(server, [body.a, body.b], "a/b")
+    return JSONResponse(server.model.pair(emb[0], emb[1]))
+
+
+@router.post(
+    "/enroll", dependencies=WRITE, response_model=None,
+    responses={200: {"model": Enrolled}, **GALLERY_WRITE_ERRORS},
+    openapi_extra=multipart(
+        {"name": {"type": "string", "minLength": 1}, "files": FILES}, ["name", "files"]
+    ),
+)  # fmt: skip
+async def enroll(request: Request) -> JSONResponse:
+    """Enroll identity ``name`` with one template per image in ``files`` (read-write key)."""
+    server = _server(request)
+    gallery = _gallery(server)
+    content_kind(request, ("multipart",))
+    form = await read_form(request, server.settings)
+    name = form_text(form, "name")
+    blobs = await form_files(form, "files", server.settings)
+    emb = (await _embed_images(server, blobs)).numpy()
+    try:
+        templates = await gallery.enroll(name, emb, [n for n, _ in blobs])
+    except GalleryError as error:
+        raise HTTPException(409, " ".join(str(error).split())) from error
+    return JSONResponse({"name": name, "templates": templates})
+
+
+async def _probe(request: Request, server: Any) -> np.ndarray:
+    content_kind(request, ("multipart",))
+    form = await read_form(request, server.settings)
+    blobs = await form_files(form, "file", server.settings)
+    if len(blobs) != 1:
+        raise HTTPException(400, "multipart field 'file': expected exactly one file")
+    return (await _embed_images(server, blobs)).numpy()
+
+
+ONE_FILE = multipart({"file": FILE}, ["file"])
+
+
+@router.post(
+    "/identify", dependencies=READ, response_model=None,
+    responses={200: {"model": Identification}, **GALLERY_READ_ERRORS}, openapi_extra=ONE_FILE,
+)  # fmt: skip
+async def identify(
+    request: Request, k: Annotated[int, Query(ge=1, description="candidates to return")] = 3
+) -> JSONResponse:
+    """Who is in ``file``: the top-k enrolled identities; ``identity`` is null ("unknown") when
+    the best score is below the model's gallery threshold."""
+    server = _server(request)
+    gallery = _gallery(server)
+    _check_k(k, server)
+    probe = await _probe(request, server)
+    threshold = server.model.gallery_threshold
+    try:
+        found = await gallery.identify(probe, k, threshold)
+    except GalleryError as error:
+        raise HTTPException(409, " ".join(str(error).split())) from error
+    candidates = [{"name": c.identity, "score": c.score} for c in found.candidates]
+    return JSONResponse({"identity": found.identity, "score": found.score,
+                         "threshold": threshold, "candidates": candidates})  # fmt: skip
+
+
+@router.get(
+    "/people", dependencies=READ, response_model=None,
+    responses={200: {"model": People}, **errors(401, 404, 503)},
+)  # fmt: skip
+async def people(request: Request) -> JSONResponse:
+    """The enrolled identities and their number of image templates."""
+    gallery = _gallery(_server(request))
+    names = await gallery.people()
+    return JSONResponse({"people": [{"name": n, "templates": c} for n, c in names.items()]})
+
+
+@router.delete(
+    "/people/{name}", dependencies=WRITE, response_model=None,
+    responses={200: {"model": Deleted}, **errors(401, 403, 404, 422, 503)},
+)  # fmt: skip
+async def delete_person(request: Request, name: str) -> JSONResponse:
+    """Remove identity ``name`` and all its templates (read-write key); 404 if not enrolled."""
+    gallery = _gallery(_server(request))
+    try:
+        await gallery.remove(name)
+    except GalleryError as error:
+        raise HTTPException(404, f"identity {name!r} is not enrolled") from error
+    return JSONResponse({"deleted": name})
+
+
+@router.post(
+    "/index", dependencies=WRITE, response_model=None,
+    responses={200: {"model": Indexed}, **GALLERY_WRITE_ERRORS},
+    openapi_extra=multipart(
+        {"files": FILES, "ids": {"type": "string", "description": "comma-separated ids"}},
+        ["files"],
+    ),
+)  # fmt: skip
+async def index(request: Request) -> JSONResponse:
+    """Store images for ``/v1/search`` under ``ids`` (comma-separated; default: file names)."""
+    server = _server(request)
+    gallery = _gallery(server)
+    content_kind(request, ("multipart",))
+    form = await read_form(request, server.settings)
+    blobs = await form_files(form, "files", server.settings)
+    raw = form.get("ids")
+    if raw is not None and not isinstance(raw, str):
+        raise HTTPException(400, "multipart field 'ids': expected comma-separated text")
+    ids = [i.strip() for i in raw.split(",")] if raw else [n for n, _ in blobs]
+    if len(ids) != len(blobs) or not all(ids):
+        raise HTTPException(400, f"multipart field 'ids': expected {len(blobs)} non-empty "
+                                 f"comma-separated ids (one per file), got {len(ids)}")  # fmt: skip
+    emb = (await _embed_images(server, blobs)).numpy()
+    try:
+        added = await gallery.index(emb, ids)
+    except GalleryError as error:
+        raise HTTPException(409, " ".join(str(error).split())) from error
+    return JSONResponse({"indexed": added})
+
+
+@router.post(
+    "/search", dependencies=READ, response_model=None,
+    responses={200: {"model": SearchResults}, **GALLERY_READ_ERRORS}, openapi_extra=ONE_FILE,
+)  # fmt: skip
+async def search(
+    request: Request, k: Annotated[int, Query(ge=1, description="results to return")] = 5
+) -> JSONResponse:
+    """The ``k`` stored images most similar to ``file`` (cosine similarity)."""
+    server = _server(request)
+    gallery = _gallery(server)
+    _check_k(k, server)
+    query = await _probe(request, server)
+    try:
+        results = await gallery.search(query, k)
+    except GalleryError as error:
+        raise HTTPException(409, " ".join(str(error).split())) from error
+    return JSONResponse({"results": results})
