@@ -136,7 +136,7 @@ def create_app(
     _mount_static(app)
     _document_errors(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=server.metrics, router_app=app)
+    app.add_middleware(MetricsMiddleware, metrics=server.metrics)
     return app
 
 

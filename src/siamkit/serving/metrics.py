@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,7 +20,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -62,21 +60,20 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def route_template(app: Any, scope: Scope) -> str:
-    """The path template of the route ``scope`` goes to, or ``"unmatched"``."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
+def route_template(scope: Scope) -> str:
+    """The path template of the route that answered ``scope`` (set by the router), else
+    ``"/static"`` for the static files or ``"unmatched"``."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return route.path
+    return "/static" if scope["path"].startswith("/static/") else "unmatched"
 
 
 class MetricsMiddleware:
     """Count every HTTP request and time it, labelled by route template and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, router_app: Any) -> None:
-        self.app, self.metrics, self.router_app = app, metrics, router_app
-        self._templates: dict[tuple[str, str], str] = {}
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,11 +91,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            key = (scope["method"], scope["path"])
-            endpoint = self._templates.get(key)
-            if endpoint is None:
-                endpoint = route_template(self.router_app, scope)
-                if endpoint != "unmatched" and "{" not in endpoint:
-                    self._templates[key] = endpoint  # fixed paths only: the cache stays small
+            endpoint = route_template(scope)
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

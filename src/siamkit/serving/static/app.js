@@ -234,10 +234,14 @@ function resetDropZones(form) {
 
 const KNOWN_VERIFY = new Set(["score", "threshold", "decision"]);
 
-/** Where a score sits between its range's ends, for the bar; cosine scores may be negative. */
-function scoreBar(score, threshold) {
-  const low = Math.min(0, score, threshold ?? 0) < 0 ? -1 : 0;
-  const high = Math.max(1, score, threshold ?? 0);
+/** The bar scale for ``values``: cosine-like scores may be negative, so -1..1 then, else 0..1. */
+function scaleOf(values) {
+  const numbers = values.filter((x) => typeof x === "number" && Number.isFinite(x));
+  return [Math.min(0, ...numbers) < 0 ? -1 : 0, Math.max(1, ...numbers)];
+}
+
+/** A bar showing where ``score`` sits on the scale, with a tick at the threshold. */
+function scoreBar(score, threshold, [low, high] = scaleOf([score, threshold])) {
   const at = (x) => `${Math.max(0, Math.min(100, (100 * (x - low)) / (high - low))).toFixed(1)}%`;
   const bar = el("div", { class: "bar", role: "img",
     "aria-label": `score ${fmt(score)} on a scale from ${low} to ${fmt(high, 0)}` });
@@ -310,9 +314,10 @@ function renderIdentify(target, data) {
       : `no enrolled person reaches the threshold ${fmt(data.threshold)}` })
   );
   const candidates = el("ol", { class: "candidates" });
+  const scale = scaleOf([data.threshold, ...(data.candidates || []).map((c) => c.score)]);
   for (const c of data.candidates || []) {
     candidates.append(el("li", {}, el("span", { class: "cand-name", text: c.name }),
-      scoreBar(c.score, data.threshold), el("span", { class: "cand-score", text: fmt(c.score) })));
+      scoreBar(c.score, data.threshold, scale), el("span", { class: "cand-score", text: fmt(c.score) })));
   }
   const skip = new Set(["identity", "score", "threshold", "candidates"]);
   target.replaceChildren(el("div", { class: "card" }, verdict,
@@ -454,9 +459,8 @@ async function watchServer() {
       const info = await response.json().catch(() => ({}));
       if (response.ok) {
         status.dataset.state = "ready";
-        const what = [info.model, info.encoder, info.dim && `${info.dim}-d`]
-          .filter((v) => typeof v === "string" || typeof v === "number").join(", ");
-        status.textContent = what ? `ready: ${what}` : "ready";
+        status.textContent = info.kind ? `ready: ${info.kind} model` : "ready";
+        status.title = Object.entries(info).map(([k, v]) => `${k}: ${v}`).join("\n");
         if (isTextModel(info)) setVerifyMode("texts");
         return;
       }
@@ -472,6 +476,7 @@ async function watchServer() {
 
 function setupKey() {
   const input = $("#api-key");
+  $("#api-key-form").addEventListener("submit", (event) => event.preventDefault());
   try {
     input.value = sessionStorage.getItem(KEY_STORAGE) || "";
   } catch (_) {
