@@ -354,3 +354,32 @@ def test_metrics_count_requests_batches_and_gallery(client):
     assert 'siamkit_request_seconds_count{endpoint="/v1/verify"} 2.0' in text
     assert "siamkit_batch_size_count" in text and "siamkit_queue_depth 0.0" in text
     assert "siamkit_gallery_size 1.0" in text
+
+
+def test_text_model_embed_similarity_and_verify(tmp_path):
+    from siamkit.encoders.text import Vocabulary
+
+    torch.manual_seed(0)
+    spec = {"name": "text_rnn", "params": {"embedding_size": 8, "hidden_size": 6}}
+    vocab = Vocabulary.build(["a man plays a guitar", "a woman slices an onion"])
+    net = SiameseNetwork(build_encoder(spec, vocabulary=vocab), HEADS.build(HEAD)).eval()
+    folder = siamkit.save_model(tmp_path / "text", net, spec, HEAD, threshold=0.9)
+    with serve(folder, max_text_chars=50) as c:
+        wait_ready(c)
+        c.headers["X-API-Key"] = RO
+        assert c.get("/ready").json()["kind"] == "text"
+        texts = ["a man plays a guitar", "a woman slices an onion"]
+        body = c.post("/v1/embed", json={"texts": texts}).json()
+        assert body["dim"] == 6 and np.allclose(
+            body["embeddings"], siamkit.load(folder).embed(texts).numpy(), atol=1e-5
+        )
+        same = c.post("/v1/similarity", json={"a": texts[0], "b": texts[0]}).json()
+        assert same["score"] == pytest.approx(1.0, abs=1e-5) and same["decision"] == "same"
+        pair = c.post("/v1/verify", json={"a": texts[0], "b": texts[1]}).json()
+        expected = float(siamkit.load(folder).score([texts[0]], [texts[1]])[0])
+        assert pair["score"] == pytest.approx(expected, abs=1e-5) and pair["threshold"] == 0.9
+        long = c.post("/v1/similarity", json={"a": "word " * 20, "b": "x"})
+        assert long.status_code == 413 and "limit of 50" in long.json()["detail"]
+        images = c.post("/v1/verify", files={"a": ("a.png", png(1)), "b": ("b.png", png(2))})
+        assert images.status_code == 400 and "text model" in images.json()["detail"]
+        assert c.post("/v1/embed", json={"texts": []}).status_code == 400
