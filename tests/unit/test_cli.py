@@ -64,3 +64,59 @@ def test_errors_are_one_line_and_exit_1(tmp_path, capsys):
 
     assert main(["verify", str(tmp_path), "a.png"]) == 1
     assert "exactly one" in capsys.readouterr().err
+
+
+def run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet) and return its stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    return done.stdout
+
+
+def test_help_and_gallery_commands_do_not_import_torch(tmp_path):
+    code = f"""
+import sys
+import numpy as np
+from siamkit.cli import main
+from siamkit.gallery import Gallery
+
+with Gallery.open({str(tmp_path / "g")!r}) as g:
+    g.enroll("ann", np.eye(2, 8, dtype=np.float32))
+codes = [main(args) for args in (["--help"], ["people", "--help"], ["--version"],
+         ["people", {str(tmp_path / "g")!r}], ["remove", {str(tmp_path / "g")!r}, "--name", "ann"])]
+print("CODES", codes)
+print("HEAVY", sorted(m for m in ("torch", "torchvision", "sklearn", "scipy") if m in sys.modules))
+"""
+    out = run_python(code)
+    assert "CODES [0, 0, 0, 0, 0]" in out and "removed 'ann': 2 templates" in out
+    assert "HEAVY []" in out
+
+
+def test_package_names_are_lazy_but_work():
+    out = run_python(
+        "import sys, siamkit; print('torch' in sys.modules); "
+        "print(siamkit.SiameseNetwork.__name__, siamkit.load.__module__, siamkit.Model.__name__); "
+        "print('torch' in sys.modules); from siamkit import save_model; print(save_model.__name__)"
+    )
+    expected = ["False", "SiameseNetwork", "siamkit.model", "Model", "True", "save_model"]
+    assert out.split() == expected
+
+
+def test_version_option_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    import siamkit
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"siamkit {version('siamkit')}"
+    assert siamkit.__version__ == version("siamkit")
+
+
+def test_usage_errors_are_reported_without_traceback(capsys):
+    assert main(["no-such-command"]) == 2
+    err = capsys.readouterr().err
+    assert "No such command" in err and "Traceback" not in err

@@ -1,10 +1,15 @@
-"""The typer application and the ``siamkit`` entry point (errors as one line, exit code 1)."""
+"""The typer application and the ``siamkit`` entry point (errors as one line, exit code 1).
+
+The command modules are imported to register their commands, so they must stay cheap: torch,
+scikit-learn and every task module are imported inside the command functions that use them, and
+``siamkit --help`` or a gallery command (``people``, ``remove``) never loads torch.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +27,26 @@ app = typer.Typer(
 console = Console()
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        import siamkit
+
+        typer.echo(f"siamkit {siamkit.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Siamese (twin) networks: train, evaluate, verify, identify and search."""
+
+
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     """Print rows (dicts with the same keys) as a rich table; floats with 4 decimals."""
     table = Table(title=title)
@@ -33,7 +58,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-COMMAND_MODULES = ("core", "gallery", "text")
+COMMAND_MODULES = ("core", "gallery", "text", "serve")
 
 
 def register_commands() -> None:
@@ -58,11 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (typer.Abort, typer.Exit) as stop:
         return getattr(stop, "exit_code", 1)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            return error.exit_code
+    except Exception as error:  # usage errors, from click or typer's bundled copy of it
+        show, code = getattr(error, "show", None), getattr(error, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise
     return 0

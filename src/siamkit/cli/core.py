@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,25 +101,43 @@ def verify(
 ) -> None:
     """Score QUESTIONED against OTHER (or --references REF1 REF2 ...); decide at the threshold."""
     import siamkit
-    from siamkit.evaluation.reference_set import (
-        AGGREGATES,
-        saved_reference_threshold,
-        score_against_references,
-    )
 
     others = others or []
     if not others or (len(others) > 1 and not references):
         raise DataError("give exactly one input to compare with, or --references REF1 [REF2 ...]")
-    if aggregate is not None and aggregate not in AGGREGATES:
-        raise DataError(f"--aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+    if references or aggregate is not None:  # one reference: every aggregate is the pair score
+        from siamkit.evaluation.reference_set import AGGREGATES
+
+        if aggregate is not None and aggregate not in AGGREGATES:
+            raise DataError(
+                f"--aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}"
+            )
     loaded = siamkit.load(model)
-    aggregate = aggregate or loaded.config.extra.get("reference_aggregate", "mean")
-    score = score_against_references(loaded, questioned, others)[aggregate]
-    saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
-    threshold = saved if references and saved is not None else loaded.threshold
-    row: dict[str, object] = {"score": score, "threshold": threshold}
+    row: dict[str, Any]
     if references:
-        row |= {"aggregate": aggregate, "references": len(others)}
+        row = reference_verification(loaded, questioned, others, aggregate)
+    else:
+        score = float(loaded.score([questioned], others)[0])
+        row = {"score": score, "threshold": loaded.threshold}
+    score, threshold = row["score"], row["threshold"]
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
     print_table("verification", [row])
+
+
+def reference_verification(
+    loaded: Any, questioned: str, others: list[str], aggregate: str | None
+) -> dict[str, Any]:
+    """Score, threshold, aggregate and reference count of QUESTIONED against K references."""
+    from siamkit.evaluation.reference_set import saved_reference_threshold, score_against_references
+
+    aggregate = aggregate or loaded.config.extra.get("reference_aggregate", "mean")
+    score = score_against_references(loaded, questioned, others)[aggregate]
+    saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
+    threshold = saved if saved is not None else loaded.threshold
+    return {
+        "score": score,
+        "threshold": threshold,
+        "aggregate": aggregate,
+        "references": len(others),
+    }
