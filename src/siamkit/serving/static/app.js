@@ -3,6 +3,7 @@
 "use strict";
 
 const KEY_STORAGE = "siamkit.apiKey";
+let defaultMode = "images"; // "texts" once /ready says the model reads text
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
@@ -461,7 +462,10 @@ async function watchServer() {
         status.dataset.state = "ready";
         status.textContent = info.kind ? `ready: ${info.kind} model` : "ready";
         status.title = Object.entries(info).map(([k, v]) => `${k}: ${v}`).join("\n");
-        if (isTextModel(info)) setVerifyMode("texts");
+        if (isTextModel(info)) {
+          defaultMode = "texts";
+          setVerifyMode(defaultMode);
+        }
         return;
       }
       status.dataset.state = "loading";
@@ -505,7 +509,7 @@ function main() {
     form.addEventListener("reset", () => {
       resetDropZones(form);
       $(`#${form.id.replace("-form", "-result")}`).replaceChildren();
-      setTimeout(() => setVerifyMode(verifyMode()), 0);
+      if (form.id === "verify-form") setTimeout(() => setVerifyMode(defaultMode), 0);
     });
   }
   $("#people-refresh").addEventListener("click", loadPeople);
