@@ -351,6 +351,9 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     data = read_tree(root)
     chosen = select_unseen(seen_classes(model), data.writer_ids(), root, WRITERS)
     writers = chosen.evaluated
+    # only the evaluated writers' images (the trials' draws are by position: same figures)
+    kept = data.of_writers(writers)
+    data = SignatureSet([data.paths[i] for i in kept], data.writers[kept], data.forged[kept])
     fewest = min(len(data.genuine_of(w)) for w in writers)
     ks = [k for k in KS if k < fewest]
     images = model.prepare(data.paths)
