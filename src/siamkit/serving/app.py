@@ -46,7 +46,7 @@ class Server:
         self.gallery = GalleryService(gallery) if gallery else None
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
-        self.decoder = ThreadPoolExecutor(2, thread_name_prefix="siamkit-decode")
+        self.decoder: ThreadPoolExecutor | None = None
         self.ready = False
         self.failure: str | None = None
         self.metrics.track(
@@ -57,6 +57,8 @@ class Server:
     async def start(self) -> None:
         """Load and warm up the model, open the gallery, start batching; then be ready."""
         loop = asyncio.get_running_loop()
+        self.failure = None
+        self.decoder = ThreadPoolExecutor(2, thread_name_prefix="siamkit-decode")
         try:
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
@@ -84,13 +86,17 @@ class Server:
         return self.model.run(items)
 
     async def stop(self) -> None:
-        """Stop batching, close the gallery (saving its index) and the worker threads."""
+        """Stop batching, close the gallery (saving its index) and the worker threads; the app
+        may be started again (e.g. by a second test client)."""
         self.ready = False
         if self.batcher is not None:
             await self.batcher.stop()
+            self.batcher = None
         if self.gallery is not None:
             await self.gallery.close()
-        self.decoder.shutdown(wait=True)
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=True)
+            self.decoder = None
 
 
 def one_line(text: object) -> str:

@@ -26,7 +26,7 @@ class GalleryService:
 
     def __init__(self, location: str) -> None:
         self.location = location
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="siamkit-gallery")
+        self.executor: ThreadPoolExecutor | None = None
         self.gallery: Gallery | None = None
         self.size = 0  # templates stored, as of the last call (for the metrics)
 
@@ -41,6 +41,7 @@ class GalleryService:
             finally:
                 self.size = len(self.gallery)
 
+        assert self.executor is not None, "the gallery is not open"
         return await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     async def open(self) -> None:
@@ -50,14 +51,18 @@ class GalleryService:
             self.gallery = Gallery.open(self.location)
             self.size = len(self.gallery)
 
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="siamkit-gallery")
         await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     async def close(self) -> None:
         """Save and close the gallery, then stop its thread."""
+        if self.executor is None:
+            return
         if self.gallery is not None:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.gallery.close)
             self.gallery = None
         self.executor.shutdown(wait=True)
+        self.executor = None
 
     async def enroll(self, name: str, embeddings: np.ndarray, sources: list[str]) -> int:
         """Enroll ``name`` with one template per embedding; returns the templates stored."""
