@@ -161,10 +161,10 @@ def inline_identities(graph_model: Any) -> Any:
     outputs = {o.name for o in graph.output}
     alias, kept = {}, []
     for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in initializers:
-            if node.output[0] not in outputs:
-                alias[node.output[0]] = node.input[0]
-                continue
+        shared = node.op_type == "Identity" and node.input[0] in initializers
+        if shared and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+            continue
         kept.append(node)
     for node in kept:
         for i, name in enumerate(node.input):

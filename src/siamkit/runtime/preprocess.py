@@ -73,8 +73,14 @@ class ImagePreprocess:
     """The "image" preprocessor: read as ``mode``, crop / pad to a square, bilinear resize to
     ``size`` (H, W), scale to [0, 1], optionally invert -> (C, H, W) float32."""
 
-    def __init__(self, size: Sequence[int], mode: str = "L", invert: bool = False,
-                 crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0), pad_square: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: Sequence[int],
+        mode: str = "L",
+        invert: bool = False,
+        crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        pad_square: bool = False,
+    ) -> None:
         if mode not in ("L", "RGB"):
             raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
         self.size, self.mode, self.invert = (int(size[0]), int(size[1])), mode, invert
