@@ -27,10 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks_common import REPOSITORY, RESULTS, console, environment, markdown_table
 
 TOPIC = "test_spread"
 LOCK = threading.Lock()
+# the encoder of tests/acceptance/test_omniglot.py's recipe
+OMNIGLOT_ENCODER = {"input_size": 28, "channels": 64, "normalize": True}
 OUTCOMES = ("failure", "error", "skipped")
 
 
@@ -92,6 +96,146 @@ def run_config(
     }
 
 
+def open_set_counts(x: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, int]:
+    """The faces test's open-set protocol on embeddings: two halves of the people, each enrolled
+    in turn from its first image and probed with the others, the other half as strangers."""
+    from siamkit.gallery import unit_vectors
+
+    x, people = unit_vectors(x), np.unique(y)
+    half = len(people) // 2
+    counts = {"probes": 0, "right": 0, "strangers": 0, "accepted": 0, "enrolled": half}
+    for known, strangers in ((people[:half], people[half:]), (people[half:], people[:half])):
+        first = np.array([np.flatnonzero(y == p)[0] for p in known])
+        probe = np.isin(y, known) & ~np.isin(np.arange(len(y)), first)
+        scores = x[probe] @ x[first].T
+        best = scores.max(1)
+        right = (known[scores.argmax(1)] == y[probe]) & (best >= threshold)
+        accepted = (x[np.isin(y, strangers)] @ x[first].T).max(1) >= threshold
+        counts["probes"] += int(probe.sum())
+        counts["right"] += int(right.sum())
+        counts["strangers"] += len(accepted)
+        counts["accepted"] += int(accepted.sum())
+    return counts
+
+
+def faces_baselines() -> dict[str, dict[str, float]]:
+    """What raw pixels and the untrained Conv-4 of configs/faces.yaml score on the faces test's
+    figures (fold 0's 12 test people; the open-set threshold calibrated at FAR 1% on the 4
+    validation people, as the test does)."""
+    import torch
+
+    from siamkit.data import build_dataset
+    from siamkit.evaluation.embedding import embed_all
+    from siamkit.evaluation.faces_eval import face_metrics
+    from siamkit.gallery.calibration import impostor_cosines, threshold_at_far
+    from siamkit.recipe import build_network, load_recipe
+
+    recipe = load_recipe(REPOSITORY / "configs" / "faces.yaml")
+    splits = build_dataset("att_faces", **recipe.data.params)
+    torch.manual_seed(recipe.seed)
+    network = build_network(recipe)[0].eval()
+    embedders = {
+        "raw pixels": lambda items: items.flatten(1).float().numpy(),
+        "untrained Conv-4": lambda items: embed_all(network, items).numpy(),
+    }
+    found = {}
+    for name, embed in embedders.items():
+        val, test = embed(splits.val.items), embed(splits.test.items)
+        threshold = threshold_at_far(impostor_cosines(val, splits.val.labels.numpy()), 0.01)
+        labels = splits.test.labels.numpy()
+        metrics = face_metrics(test, labels, trials=5)
+        counts = open_set_counts(test, labels, threshold)
+        found[name] = {
+            "rank1": metrics["rank1"],
+            "eer": metrics["eer"],
+            "identified": counts["right"] / counts["probes"],
+            "stranger_accept_rate": counts["accepted"] / counts["strangers"],
+        }
+    return found
+
+
+def omniglot_baselines() -> dict[str, dict[str, float]]:
+    """Raw pixels and the untrained Conv-4 of the omniglot test's recipe on its 1000 seeded
+    5-way 1-shot episodes (unseen alphabets)."""
+    import torch
+
+    from siamkit.data import build_dataset
+    from siamkit.encoders import build_encoder
+    from siamkit.evaluation.fewshot import evaluate_episodes, raw_pixel_episodes
+    from siamkit.heads import HEADS
+    from siamkit.registry import ComponentSpec
+    from siamkit.siamese import SiameseNetwork
+
+    test = build_dataset("omniglot", size=28, rotations=True).test
+    torch.manual_seed(0)
+    encoder = build_encoder(ComponentSpec(name="conv4", params=OMNIGLOT_ENCODER))
+    network = SiameseNetwork(encoder, HEADS.build(ComponentSpec(name="euclidean"))).eval()
+    return {
+        "raw pixels": {"5way_1shot": raw_pixel_episodes(test, 5, 1, 1000, 0).mean},
+        "untrained Conv-4": {"5way_1shot": evaluate_episodes(network, test, 5, 1, 1000, 0).mean},
+    }
+
+
+def pretrained_faces_baselines() -> dict[str, dict[str, float]]:
+    """dlib's face ResNet of configs/faces-pretrained.yaml before fine-tuning, and with random
+    weights, on fold 0's 12 test people (skipped without ``make face-weights``)."""
+    import torch
+
+    from siamkit.data import build_dataset
+    from siamkit.evaluation.embedding import embed_all
+    from siamkit.evaluation.faces_eval import face_metrics
+    from siamkit.recipe import build_network, load_recipe
+
+    recipe = load_recipe(REPOSITORY / "configs" / "faces-pretrained.yaml")
+    if not Path(recipe.init_weights).is_file():
+        return {}
+    test = build_dataset("att_faces", **recipe.data.params).test
+    found = {}
+    for name, init in [("pre-trained, not fine-tuned", recipe.init_weights), ("random", None)]:
+        torch.manual_seed(recipe.seed)
+        network = build_network(recipe.model_copy(update={"init_weights": init}))[0].eval()
+        metrics = face_metrics(embed_all(network, test.items).numpy(), test.labels.numpy(), 5)
+        found[name] = {"eer": metrics["eer"], "rank1": metrics["rank1"]}
+    return found
+
+
+def signatures_baselines() -> dict[str, dict[str, float]]:
+    """The untrained Conv-4 of configs/signatures.yaml through the signature test's protocol
+    (fold 0, K = 5 references, aggregate and normalisation chosen on the validation writers)."""
+    import torch
+
+    from siamkit.data.paths import datasets_root
+    from siamkit.data.signatures import read_signature_tree, writer_folds
+    from siamkit.evaluation.signature_eval import evaluate_fold, preprocess_of
+    from siamkit.recipe import build_network, load_recipe
+
+    recipe = load_recipe(REPOSITORY / "configs" / "signatures.yaml")
+    data = read_signature_tree(datasets_root() / "signatures")
+    split = writer_folds(data.writer_ids(), n_folds=5, n_val=8, seed=0)[0]
+    images = preprocess_of(recipe)(data.paths)
+    torch.manual_seed(recipe.seed)
+    network = build_network(recipe)[0].eval()
+    result = evaluate_fold(network, images, data, split, test_ks=(5,))
+    rows = {(r["forgery"], r["aggregate"]): r for r in result.rows}
+    return {"untrained Conv-4": {
+        "skilled_eer": rows["skilled", result.aggregate]["eer"],
+        "random_auc": rows["random", result.aggregate]["auc"],
+    }}  # fmt: skip
+
+
+def baselines() -> dict[str, dict[str, dict[str, float]]]:
+    """Broken-model references for the bounds' comments: test file -> model -> figure -> value."""
+    found = {}
+    for test, measure in [("test_faces.py", faces_baselines),
+                          ("test_faces.py::pretrained", pretrained_faces_baselines),
+                          ("test_omniglot.py", omniglot_baselines),
+                          ("test_signatures.py", signatures_baselines)]:  # fmt: skip
+        console.print(f"baselines of {test}")
+        found[test] = measure()
+        console.print(found[test])
+    return found
+
+
 def margin(op: str, value: float, bound: float) -> float:
     """How far ``value`` is on the passing side of ``bound`` (negative: it fails)."""
     return value - bound if op in (">=", ">") else bound - value
@@ -142,6 +286,24 @@ def duration_rows(runs: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
+def baselines_markdown(found: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The broken-model references (``--baselines``) as a table, if measured."""
+    rows = [
+        {
+            "test": test,
+            "model": model,
+            "figures": ", ".join(f"{k} {v:.4g}" for k, v in figs.items()),
+        }
+        for test, models in found.items()
+        for model, figs in models.items()
+    ]
+    if not rows:
+        return ""
+    return "\n## What broken models score on the same figures (`--baselines`)\n\n" + markdown_table(
+        rows
+    )
+
+
 def markdown(payload: dict[str, Any]) -> str:
     runs = payload["runs"]
     env = payload["environment"]
@@ -155,6 +317,7 @@ def markdown(payload: dict[str, Any]) -> str:
         + markdown_table(figure_rows(runs))
         + "\n## Durations (seconds, same run order; 1-thread runs went two at a time)\n\n"
         + markdown_table(duration_rows(runs))
+        + baselines_markdown(payload.get("baselines", {}))
         + f"\nMachine: {env['machine']}; Python {env['python']}; "
         + ", ".join(f"{p} {v}" for p, v in env["versions"].items())
         + f".\nTree measured: {payload['tree']} (commit {payload['commit']}).\n"
@@ -194,13 +357,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2, help="one-thread runs at a time")
     parser.add_argument("--redo", action="store_true", help="run stored configurations again")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="(re)measure raw pixels and untrained networks on the figures",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     path = args.results / f"{TOPIC}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     payload |= {"environment": environment(), "tree": str(args.tree),
                 "commit": commit_of(args.tree)}  # fmt: skip
-    if not args.report_only:
+    if args.baselines:
+        payload["baselines"] = baselines()
+        save(path, payload)
+    if not args.report_only and not args.baselines:
         wanted = [(s, t) for t in args.threads for s in args.seeds]
         todo = [c for c in wanted if args.redo or config_key(*c) not in payload["runs"]]
         console.print(f"{len(todo)} of {len(wanted)} configurations to run")
