@@ -59,12 +59,16 @@ CHUNK = 500  # ids per SQL "IN (...)" query
 class FaissStore:
     """Vectors + metadata in a folder: FAISS for search, SQLite for durable state.
 
+    Settings given here are saved with the store; ``None`` keeps the saved (or default) value.
+
     Args:
         folder: the store's folder (created if missing).
         index: ``"auto"`` (flat below ``hnsw_threshold`` vectors, HNSW above), ``"flat"`` or
             ``"hnsw"``.
-        hnsw_threshold, hnsw_m, ef_construction, ef_search: HNSW settings.
-        Settings given here are saved with the store; ``None`` keeps the saved (or default) value.
+        hnsw_threshold: the number of vectors from which ``"auto"`` builds HNSW.
+        hnsw_m: HNSW links per node (``M``).
+        ef_construction: HNSW build breadth (``efConstruction``).
+        ef_search: HNSW search breadth (``efSearch``), also settable on a live store.
     """
 
     def __init__(
