@@ -146,7 +146,9 @@ def test_a_recipe_model_rebuilds_its_writer_split(signatures, tmp_path):
     splits = build_dataset("signatures", tree, **params)
     assert {n for n in recorded_classes(splits)["train"] if "/" not in n} == seen.train
     report = evaluate_path(siamkit.load(tmp_path / "m"), tree)
-    assert "its test writers" in report.notes[0] and "fold 1 of signatures" in report.notes[0]
+    assert (
+        "its test writers" in report.notes[0] and "split of signatures, fold 1" in report.notes[0]
+    )
     recipe["data_dir"] = str(tmp_path / "gone")
     config["extra"] = {"recipe": recipe}
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from siamkit.errors import DataError
+from siamkit.errors import DataError, SiamkitError
 
 if TYPE_CHECKING:
     from siamkit.data.labelled import Splits
     from siamkit.model import Model
 
 ROLES = ("training", "validation")
+SHOWN = 20  # evaluated names listed in the report's note
 Split = tuple[list[str], list[str], list[str]]  # train, val, test class names
 
 
@@ -182,13 +183,13 @@ def _from_recipe(recipe: dict[str, Any]) -> SeenClasses:
             train, val, test = SPLITS_BY_NAME[name](params, data_dir)
         else:
             train, val, test = _any_dataset(name, params, data_dir)
-    except (DataError, OSError) as error:
+    except (SiamkitError, OSError) as error:
         raise DataError(
             f"the model does not list the classes it was trained on, and its recipe's {name!r} "
             f"data, needed to rebuild its split, is not at hand: {error}"
         ) from error
-    where = f"fold {params['fold']} of " if "fold" in params else ""
-    source = f"the model's recipe ({where}{name}, split rebuilt)"
+    fold = f", fold {params['fold']}" if "fold" in params else ""
+    source = f"its recipe's split of {name}{fold}, rebuilt from the data's names"
     return SeenClasses(frozenset(train), frozenset(val), source, frozenset(test))
 
 
@@ -213,13 +214,20 @@ def seen_classes(model: Model) -> SeenClasses | None:
 # --- choosing what to evaluate -------------------------------------------------------------
 
 
-def _listing(names: Sequence[str], nouns: Nouns, roles: dict[str, str]) -> str:
+def _listing(roles: dict[str, str]) -> str:
+    """``2 in training: a, b; 1 in validation: c``."""
     parts = []
     for role in ROLES:
-        named = sorted(n for n in names if roles[n] == role)
+        named = sorted(n for n, r in roles.items() if r == role)
         if named:
             parts.append(f"{len(named)} in {role}: {', '.join(named)}")
     return "; ".join(parts)
+
+
+def _shown(names: Sequence[str], most: int = SHOWN) -> str:
+    """The first ``most`` names, and how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def select_unseen(
@@ -248,12 +256,12 @@ def select_unseen(
         which = f": its test {nouns.many}"
     notes = [
         f"evaluated {nouns.count(len(evaluated))} of {root} that the model never trained or "
-        f"validated on{which} (by name, from {seen.source})"
+        f"validated on{which} ({_shown(evaluated)}; by name, from {seen.source})"
     ]
     if roles:
         notes.append(
             f"left out {nouns.count(len(roles))} the model was trained or validated on "
-            f"({_listing(list(roles), nouns, roles)})"
+            f"({_listing(roles)})"
         )
     return _checked(Selection(evaluated, roles, notes), root, nouns, minimum)
 
@@ -270,13 +278,13 @@ def _checked(selection: Selection, root: Path, nouns: Nouns, minimum: int) -> Se
         everyone = "the only" if total == 1 else f"all {total}"
         why = (
             f"{everyone} {nouns.one if total == 1 else nouns.many} in it {were} seen by the "
-            f"model ({_listing(list(left_out), nouns, left_out)})"
+            f"model ({_listing(left_out)})"
         )
     else:
         why = f"only {', '.join(evaluated)} {'is' if len(evaluated) == 1 else 'are'} unseen"
         if left_out:
             why += f"; the other {len(left_out)} were seen by the model "
-            why += f"({_listing(list(left_out), nouns, left_out)})"
+            why += f"({_listing(left_out)})"
     raise DataError(
         f"{root}: nothing to evaluate: {why}; siamkit eval needs at least {minimum} "
         f"{nouns.many} the model never trained or validated on"
