@@ -159,13 +159,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, key: str, batching: bool, log: Path) -> subprocess.Popen:
-    """``siamkit serve`` in a subprocess on 127.0.0.1 with one read-write key."""
+def start_server(
+    model: Path, port: int, key: str, batching: bool, log: Path, threads: int | None
+) -> subprocess.Popen:
+    """``siamkit serve`` in a subprocess on 127.0.0.1 with one read-write key (and
+    ``SIAMKIT_TORCH_THREADS=threads`` if given)."""
     command = [
         str(Path(sys.executable).with_name("siamkit")), "serve", str(model),
         "--host", "127.0.0.1", "--port", str(port),
     ] + ([] if batching else ["--no-batching"])  # fmt: skip
     env = os.environ | {"SIAMKIT_API_KEYS": key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads is not None:
+        env["SIAMKIT_TORCH_THREADS"] = str(threads)
     with log.open("w") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -196,14 +201,28 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its waited-for children (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 # ------------------------------------------------------------------------------ load
 
 
 async def drive(
-    url: str, key: str, payloads: list[Payload], concurrency: int, warmup: float, duration: float
+    url: str,
+    key: str,
+    payloads: list[Payload],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    server_pid: int | None = None,
 ) -> dict:
-    """``concurrency`` clients in a closed loop; latencies and outcomes of the counted window."""
+    """``concurrency`` clients in a closed loop; latencies and outcomes of the counted window,
+    and the CPU time the server (``server_pid``) and this client spent in it."""
     latencies: list[float] = []
+    cpu: dict[str, float] = {}
     outcomes: Counter[str] = Counter()
     cycle = itertools.cycle(payloads)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -231,9 +250,20 @@ async def drive(
                     latencies.append(done - now)
                     outcomes[outcome] += 1
 
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        async def mark_cpu() -> None:
+            await asyncio.sleep(counting_from - time.perf_counter())
+            cpu["client"] = -time.process_time()
+            cpu["server"] = -cpu_seconds(server_pid) if server_pid else 0.0
+            await asyncio.sleep(end - time.perf_counter())
+            cpu["client"] += time.process_time()
+            cpu["server"] += cpu_seconds(server_pid) if server_pid else 0.0
+
+        await asyncio.gather(mark_cpu(), *(one_client() for _ in range(concurrency)))
     ms = np.array(latencies) * 1000
     errors = sum(n for outcome, n in outcomes.items() if outcome != "200")
+    per_request = {
+        k: round(1000 * v / len(latencies), 2) if latencies else None for k, v in cpu.items()
+    }
     return {
         "requests": len(latencies),
         "rps": round(len(latencies) / duration, 1),
@@ -242,6 +272,8 @@ async def drive(
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
         "max_ms": round(float(ms.max()), 2) if len(ms) else None,
         "errors": errors,
+        "server_cpu_ms": per_request["server"] if server_pid else None,
+        "client_cpu_ms": per_request["client"],
         "outcomes": dict(outcomes),
     }
 
@@ -253,11 +285,11 @@ def run_scenario(name: str, model: Path, payloads: list[Payload], args) -> dict:
     url = f"http://127.0.0.1:{port}"
     log = Path(args.logs) / f"serve_{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    process = start_server(model, port, key, batching, log)
+    process = start_server(model, port, key, batching, log, args.torch_threads)
     try:
         wait_ready(url, process, log)
         result = asyncio.run(
-            drive(url, key, payloads, args.concurrency, args.warmup, args.duration)
+            drive(url, key, payloads, args.concurrency, args.warmup, args.duration, process.pid)
         )
         metrics = httpx.get(url + "/metrics", timeout=10).text
     finally:
@@ -265,11 +297,13 @@ def run_scenario(name: str, model: Path, payloads: list[Payload], args) -> dict:
     endpoint, _ = name.split("_")
     row = {"scenario": name, "endpoint": f"/v1/{endpoint}"}
     row |= {"batching": "on" if batching else "off", "concurrency": args.concurrency}
+    row["torch_threads"] = args.torch_threads or "default"
     row |= {k: v for k, v in result.items() if k != "outcomes"}
     row["outcomes"] = " ".join(f"{k}:{v}" for k, v in sorted(result["outcomes"].items()))
     row["mean_batch"] = mean_batch_size(metrics)
     print(f"{name}: {row['rps']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-          f"errors {row['errors']}, mean batch {row['mean_batch']}")  # fmt: skip
+          f"errors {row['errors']}, mean batch {row['mean_batch']}, server CPU "
+          f"{row['server_cpu_ms']} ms/request")  # fmt: skip
     return row
 
 
@@ -303,6 +337,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="uncounted seconds first")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--logs", default=str(REPOSITORY / "runs" / "serve_load"))
+    parser.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="SIAMKIT_TORCH_THREADS for the server (default: the server's own default)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     rows = []
@@ -338,14 +376,16 @@ def save(rows: list[dict], args) -> None:
         "rps_unbatched_text": text_off,
         "rps_batched_text": text_on,
         "text_batching_speedup": speedup,
+        "torch_threads": args.torch_threads,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "faces_model": str(args.faces_model),
         "text_model": str(args.text_model),
         "targets": targets,
     }
-    columns = ["scenario", "batching", "concurrency", "requests", "rps", "p50_ms", "p90_ms",
-               "p99_ms", "max_ms", "errors", "mean_batch", "outcomes"]  # fmt: skip
+    columns = ["scenario", "batching", "torch_threads", "concurrency", "requests", "rps",
+               "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "mean_batch", "server_cpu_ms",
+               "client_cpu_ms", "outcomes"]  # fmt: skip
     table = markdown_table([{c: row.get(c, "") for c in columns} for row in rows])
     notes = [
         f"{args.concurrency} closed-loop clients (asyncio httpx, one process) against `siamkit "
@@ -354,6 +394,9 @@ def save(rows: list[dict], args) -> None:
         "cores (and the client's CPU counts against the server's).",
         "verify: two AT&T face images (multipart) per request, faces Conv-4 model. similarity: "
         "two STS-B dev sentences (JSON) per request, all-MiniLM-L6-v2 as shipped.",
+        "server_cpu_ms / client_cpu_ms: CPU time (user + system) the server process and the "
+        "client process spent per counted request; unlike requests/s they hardly depend on "
+        "what else the machine runs (see load_average below).",
         f"Targets: {targets}.",
     ]
     print(table, *notes, sep="\n")
