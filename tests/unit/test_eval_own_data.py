@@ -124,7 +124,7 @@ def test_nothing_left_to_evaluate_says_why(signatures, tmp_path, capsys):
     one = copy_classes(tree, tmp_path / "one", {split.test[0]: "bank_1",
                        split.train[0]: split.train[0], split.val[0]: split.val[0]},
                        ("genuine", "forged"))  # fmt: skip
-    with pytest.raises(DataError, match="only bank_1 is unseen; the other 2 were seen"):
+    with pytest.raises(DataError, match="only bank_1 is unseen; the other 2 writers were seen"):
         evaluate_path(siamkit.load(model_dir), one)
 
 

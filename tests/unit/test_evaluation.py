@@ -82,3 +82,46 @@ def test_plots_are_written(tmp_path):
     hist = score_histogram(scores, labels, tmp_path / "hist.png", threshold=0.5)
     for path in (roc, hist):
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_select_unseen_keeps_unseen_names_and_says_why_when_none_is_left(tmp_path):
+    from siamkit.evaluation.seen_classes import Nouns, SeenClasses, select_unseen
+
+    seen = SeenClasses(frozenset({"a", "b", "c"}), frozenset({"d", "e"}), "a test", frozenset("xy"))
+    writers = Nouns("writer", "writers")
+    chosen = select_unseen(seen, ["x", "a", "new", "d"], tmp_path, writers)
+    assert chosen.evaluated == ["new", "x"] and chosen.left_out == {
+        "a": "training",
+        "d": "validation",
+    }
+    assert chosen.notes[1] == (
+        "left out 2 writers the model was trained or validated on (1 in training: a; "
+        "1 in validation: d)"
+    )
+    assert "evaluated 2 writers" in chosen.notes[0] and "its test" not in chosen.notes[0]
+    assert (
+        "its test writers (x, y;"
+        in select_unseen(seen, ["y", "x", "a"], tmp_path, writers).notes[0]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"all 5 writers in it were seen by the model \(3 in "
+        r"training: a, b, c; 2 in validation: d, e\); siamkit eval needs at least 2",
+    ):
+        select_unseen(seen, list("abcde"), tmp_path, writers)
+    with pytest.raises(DataError, match="the only writer in it was seen"):
+        select_unseen(seen, ["a"], tmp_path, writers)
+    with pytest.raises(DataError, match="only x is unseen; the other 1 writer was seen"):
+        select_unseen(seen, ["x", "e"], tmp_path, writers)
+    with pytest.raises(DataError, match="it holds no classes"):
+        select_unseen(seen, [], tmp_path)
+    unknown = select_unseen(None, ["a", "b"], tmp_path)
+    assert unknown.evaluated == ["a", "b"] and "records no training classes" in unknown.notes[0]
+
+
+def test_select_unseen_lists_at_most_20_evaluated_names(tmp_path):
+    from siamkit.evaluation.seen_classes import SeenClasses, select_unseen
+
+    names = [f"c{i:02d}" for i in range(25)]
+    chosen = select_unseen(SeenClasses(frozenset(), frozenset(), "a test"), names, tmp_path)
+    assert "c19 and 5 more;" in chosen.notes[0] and "c20" not in chosen.notes[0]

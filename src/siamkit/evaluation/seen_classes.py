@@ -283,9 +283,11 @@ def _checked(selection: Selection, root: Path, nouns: Nouns, minimum: int) -> Se
     else:
         why = f"only {', '.join(evaluated)} {'is' if len(evaluated) == 1 else 'are'} unseen"
         if left_out:
-            why += f"; the other {len(left_out)} were seen by the model "
+            were = "was" if len(left_out) == 1 else "were"
+            why += f"; the other {nouns.count(len(left_out))} {were} seen by the model "
             why += f"({_listing(left_out)})"
+    what = "too few to evaluate" if evaluated else "nothing to evaluate"
     raise DataError(
-        f"{root}: nothing to evaluate: {why}; siamkit eval needs at least {minimum} "
+        f"{root}: {what}: {why}; siamkit eval needs at least {minimum} "
         f"{nouns.many} the model never trained or validated on"
     )
