@@ -138,7 +138,7 @@ def _sentence_transformer_graph(model: Model, out: Path):
     return SentenceTransformerGraph(encoder, names), manifest, [batch[n] for n in names], axes
 
 
-def _graph(model: Model, out: Path) -> tuple[nn.Module, dict[str, Any], list[Tensor], dict]:
+def export_graph(model: Model, out: Path) -> tuple[nn.Module, dict[str, Any], list[Tensor], dict]:
     """What to export for this model's encoder; a clear error for an encoder that cannot be."""
     encoder = model.network.encoder
     if isinstance(encoder, RecurrentTextEncoder):
@@ -206,7 +206,7 @@ def export_onnx(
     loaded = load(source)
     out = Path(out) if out is not None else source.with_name(source.name + "-onnx")
     out.mkdir(parents=True, exist_ok=True)
-    graph, manifest, sample, axes = _graph(loaded, out)
+    graph, manifest, sample, axes = export_graph(loaded, out)
     names = manifest["inputs"]
     path = out / ONNX_FILE
     with warnings.catch_warnings(), torch.no_grad():
