@@ -31,6 +31,15 @@ SENTENCE_PAIR_DATASETS = ("stsb", "mrpc")
 :data:`~siamkit.data.datasets.DATASETS`) whose pairs are drawn from its classes."""
 
 
+MOVED = {
+    "batch_size": "batches.batch_size",
+    "threshold_rule": "evaluation.threshold_rule",
+    "extra_train": "data.params.extra_train",
+    "train_pairs": "data.params.train_pairs",
+}
+"""Top-level settings of the former text-recipe dialect and where they are now."""
+
+
 class BatchSettings(_Strict):
     """How training batches are drawn; ``batch_size`` is the examples of one step for every
     dataset. Class datasets: the loss decides the kind (pair losses get balanced pairs, the
@@ -143,6 +152,16 @@ class TrainRecipe(_Strict):
     batches: BatchSettings = Field(default_factory=BatchSettings)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, raw: Any) -> Any:
+        moved = [key for key in MOVED if isinstance(raw, dict) and key in raw]
+        if moved:
+            raise PydanticCustomError(
+                "recipe", "; ".join(f"{key}: is now {MOVED[key]}" for key in moved)
+            )
+        return raw
 
     @field_validator("data", "encoder", "head", "loss", "preprocess", mode="before")
     @classmethod

@@ -84,6 +84,6 @@ def test_sentence_pair_settings_are_refused_for_class_datasets(change, named):
         parse_recipe({**IMAGES, **change}, "images.yaml")
 
 
-def test_the_old_text_dialect_names_the_moved_setting():
-    with pytest.raises(ConfigError, match="batch_size: Extra inputs are not permitted"):
-        parse_recipe({**TEXT, "batch_size": 16})
+def test_the_former_text_dialect_says_where_each_setting_moved():
+    with pytest.raises(ConfigError, match="batch_size: is now batches.batch_size; threshold_rule"):
+        parse_recipe({**TEXT, "batch_size": 16, "threshold_rule": "f1"}, "old.yaml")
