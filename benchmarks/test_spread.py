@@ -363,11 +363,21 @@ def main(argv: list[str] | None = None) -> None:
         help="(re)measure raw pixels and untrained networks on the figures",
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the runs of other test_spread.json files (parallel sessions)",
+    )
     args = parser.parse_args(argv)
     path = args.results / f"{TOPIC}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     payload |= {"environment": environment(), "tree": str(args.tree),
                 "commit": commit_of(args.tree)}  # fmt: skip
+    for other in args.merge:
+        for key, run in json.loads(other.read_text())["runs"].items():
+            payload["runs"].setdefault(key, run | {"merged_from": str(other)})
     if args.baselines:
         payload["baselines"] = baselines()
         save(path, payload)
