@@ -8,7 +8,8 @@ A model folder tells its seen classes in one of three ways, read in this order:
 2. ``extra["writers"] = {"train": [...], "val": [...], "test": [...]}``: a signature model saved
    by :func:`siamkit.evaluation.signature_eval.save_signature_model`;
 3. ``extra["recipe"]``: the recipe it was trained from. Its split is rebuilt by the reader's own
-   seeded split function from the names in the training data's folder (no image is read).
+   seeded split function from the names in the training data's folder (signatures, AT&T faces,
+   image folders, digits: no image is read; any other reader: its splits are built).
 
 Validation classes count as seen: they chose the decision threshold (and often the epoch).
 Classes are matched **by name** with the evaluated folder's class names (its sub-folders): a
