@@ -19,6 +19,7 @@ stops by itself. Results: ``benchmarks/results/serve.json`` and ``serve.md``.
 
     python benchmarks/serve_load.py                   # 4 scenarios x (5 s warm-up + 20 s)
     python benchmarks/serve_load.py --duration 5 --warmup 2 --scenarios verify_batched
+    python benchmarks/serve_load.py --torch-threads default 1   # every scenario twice
 """
 
 from __future__ import annotations
@@ -278,14 +279,16 @@ async def drive(
     }
 
 
-def run_scenario(name: str, model: Path, payloads: list[Payload], args) -> dict:
+def run_scenario(
+    name: str, model: Path, payloads: list[Payload], threads: int | None, args
+) -> dict:
     batching = name.endswith("_batched")
     key = secrets.token_urlsafe(24)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = Path(args.logs) / f"serve_{name}.log"
+    log = Path(args.logs) / f"serve_{name}_threads-{threads or 'default'}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    process = start_server(model, port, key, batching, log, args.torch_threads)
+    process = start_server(model, port, key, batching, log, threads)
     try:
         wait_ready(url, process, log)
         result = asyncio.run(
@@ -297,12 +300,14 @@ def run_scenario(name: str, model: Path, payloads: list[Payload], args) -> dict:
     endpoint, _ = name.split("_")
     row = {"scenario": name, "endpoint": f"/v1/{endpoint}"}
     row |= {"batching": "on" if batching else "off", "concurrency": args.concurrency}
-    row["torch_threads"] = args.torch_threads or "default"
+    row["torch_threads"] = threads or "default"
     row |= {k: v for k, v in result.items() if k != "outcomes"}
     row["outcomes"] = " ".join(f"{k}:{v}" for k, v in sorted(result["outcomes"].items()))
     row["mean_batch"] = mean_batch_size(metrics)
-    print(f"{name}: {row['rps']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-          f"errors {row['errors']}, mean batch {row['mean_batch']}, server CPU "
+    row["load_1min"] = round(os.getloadavg()[0], 1)
+    print(f"{name}, torch threads {row['torch_threads']}: {row['rps']} req/s, "
+          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, errors {row['errors']}, "
+          f"mean batch {row['mean_batch']}, server CPU "
           f"{row['server_cpu_ms']} ms/request")  # fmt: skip
     return row
 
@@ -338,23 +343,35 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--logs", default=str(REPOSITORY / "runs" / "serve_load"))
     parser.add_argument(
-        "--torch-threads", type=int, default=None,
-        help="SIAMKIT_TORCH_THREADS for the server (default: the server's own default)",
+        "--torch-threads", nargs="+", type=thread_setting, default=[None],
+        help="SIAMKIT_TORCH_THREADS for the server, one run of every scenario per value "
+        "('default': the server's own); the first value gives the headline figures",
     )  # fmt: skip
     args = parser.parse_args()
 
     rows = []
-    for name in args.scenarios:
-        if name.startswith("verify"):
-            model, payloads = ensure_faces_model(args.faces_model), face_payloads()
-        else:
-            model, payloads = ensure_text_model(args.text_model), text_payloads()
-        rows.append(run_scenario(name, model, payloads, args))
+    for threads in args.torch_threads:
+        for name in args.scenarios:
+            if name.startswith("verify"):
+                model, payloads = ensure_faces_model(args.faces_model), face_payloads()
+            else:
+                model, payloads = ensure_text_model(args.text_model), text_payloads()
+            rows.append(run_scenario(name, model, payloads, threads, args))
     save(rows, args)
 
 
+def thread_setting(value: str) -> int | None:
+    """``default`` (the server decides) or a positive thread count."""
+    if value == "default":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'default' or a positive integer, got {value!r}")
+    return int(value)
+
+
 def save(rows: list[dict], args) -> None:
-    by_name = {row["scenario"]: row for row in rows}
+    first = rows[0]["torch_threads"] if rows else None
+    by_name = {row["scenario"]: row for row in rows if row["torch_threads"] == first}
     head = by_name.get("verify_batched", {})
     text_on = by_name.get("similarity_batched", {}).get("rps")
     text_off = by_name.get("similarity_unbatched", {}).get("rps")
@@ -376,7 +393,7 @@ def save(rows: list[dict], args) -> None:
         "rps_unbatched_text": text_off,
         "rps_batched_text": text_on,
         "text_batching_speedup": speedup,
-        "torch_threads": args.torch_threads,
+        "torch_threads": first,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "faces_model": str(args.faces_model),
@@ -385,7 +402,7 @@ def save(rows: list[dict], args) -> None:
     }
     columns = ["scenario", "batching", "torch_threads", "concurrency", "requests", "rps",
                "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "mean_batch", "server_cpu_ms",
-               "client_cpu_ms", "outcomes"]  # fmt: skip
+               "client_cpu_ms", "load_1min", "outcomes"]  # fmt: skip
     table = markdown_table([{c: row.get(c, "") for c in columns} for row in rows])
     notes = [
         f"{args.concurrency} closed-loop clients (asyncio httpx, one process) against `siamkit "
@@ -397,7 +414,7 @@ def save(rows: list[dict], args) -> None:
         "server_cpu_ms / client_cpu_ms: CPU time (user + system) the server process and the "
         "client process spent per counted request; unlike requests/s they hardly depend on "
         "what else the machine runs (see load_average below).",
-        f"Targets: {targets}.",
+        f"Targets (headline: torch threads {first}): {targets}.",
     ]
     print(table, *notes, sep="\n")
     text = "# Serving load\n\n" + table + "\n" + "".join(f"{n}\n\n" for n in notes)
