@@ -268,3 +268,12 @@ def test_digits_and_unrecorded_models(tmp_path):
     report = evaluate_path(siamkit.load(bare), ours)
     assert "records no training classes: all 4 classes" in report.notes[0]
     assert "12 images in 4 classes" in report.notes[1]
+
+
+def test_a_tree_without_forgeries_gets_random_forgery_rows(signatures, tmp_path):
+    tree, split, model_dir = signatures
+    genuine_only = copy_classes(tree, tmp_path / "g", {w: f"g{w}" for w in WRITERS[:3]},
+                                ("genuine",))  # fmt: skip
+    report = evaluate_path(siamkit.load(model_dir), genuine_only)
+    assert {r["forgery"] for r in report.rows} == {"random"} and len(report.rows) == 9
+    assert "no skilled forgeries" in report.notes[-1]

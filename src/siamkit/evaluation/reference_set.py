@@ -220,10 +220,12 @@ def reference_report(
 ) -> list[dict[str, Any]]:
     """One row per aggregate and forgery kind (skilled, random): AUC, EER and accuracy, FAR and
     FRR at ``thresholds[aggregate]`` (each aggregate's own EER threshold when not given, or
-    when ``thresholds`` has no entry for it)."""
+    when ``thresholds`` has no entry for it). A kind without trials (a tree with no skilled
+    forgeries) has no rows."""
     rows = []
+    kinds = [kind for kind in ("skilled", "random") if (trials.kinds == kind).any()]
     for name, values in scores.items():
-        for kind in ("skilled", "random"):
+        for kind in kinds:
             mask = trials.of_kind(kind)
             threshold = None if thresholds is None else thresholds.get(name)
             report = verification_report(values[mask], trials.labels[mask], threshold)

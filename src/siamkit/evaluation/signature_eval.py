@@ -364,6 +364,8 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     keep = ("k", "aggregate", "forgery", "eer", "accuracy", "far", "frr", "auc", "threshold")
     table = [{key: row[key] for key in keep} for row in rows]
     notes = [*chosen.notes, f"decisions at {source}; score normalisation: {normalisation}"]
+    if not data.forged.any():
+        notes.append(f"no skilled forgeries in {root}/forged/: random forgeries only")
     return Report(f"signature verification on {root.name}", table, notes)
 
 
