@@ -49,7 +49,7 @@ def serve(
     ] = None,
     max_text_chars: Annotated[int | None, typer.Option(min=1, help="Characters per text.")] = None,
     torch_threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads per worker.")
+        int | None, typer.Option(min=1, help="torch threads per worker (default: half the cores).")
     ] = None,
 ) -> None:
     """Serve MODEL over HTTP: /v1/embed, verify, similarity, enroll, identify, people, index,
@@ -62,6 +62,9 @@ def serve(
     from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
 
     read_config(model)  # a wrong folder is a one-line error now, not in every worker
+    if torch_threads is None and not os.environ.get("SIAMKIT_TORCH_THREADS", "").strip():
+        # half the cores per worker: the other half decodes, parses HTTP and runs the clients
+        torch_threads = max(1, (os.cpu_count() or 2) // (2 * workers))
     settings = ServeSettings.from_env(
         no_auth=no_auth or None, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
         queue_size=queue_size, max_upload_bytes=max_upload_bytes,

@@ -33,7 +33,7 @@ def role_of(settings: ServeSettings, key: str | None) -> Role | None:
     return found
 
 
-def caller_role(
+async def caller_role(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     header_key: Annotated[str | None, Depends(api_key_header)],
@@ -51,12 +51,12 @@ def caller_role(
     return role
 
 
-def require_read(role: Annotated[Role, Depends(caller_role)]) -> Role:
+async def require_read(role: Annotated[Role, Depends(caller_role)]) -> Role:
     """Any valid key (verify, embed, identify, search, list people)."""
     return role
 
 
-def require_write(role: Annotated[Role, Depends(caller_role)]) -> Role:
+async def require_write(role: Annotated[Role, Depends(caller_role)]) -> Role:
     """A read-write key (enroll, delete, index); 403 for a read-only key."""
     if role != "rw":
         raise HTTPException(403, "this API key is read-only; enroll, delete and index need a "

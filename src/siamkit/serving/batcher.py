@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests share one forward pass.
 
 Each request hands its inputs (preprocessed image tensors, or texts) to :meth:`Batcher.embed`
-and awaits their embeddings. A single task drains a bounded asyncio queue: it takes the first
-waiting request, then keeps collecting for at most ``max_wait_ms`` or until ``max_batch`` inputs,
-and runs the whole batch on one model thread, off the event loop. When the queue is full a
+and awaits their embeddings (or what its ``finish`` function makes of them on the model thread,
+e.g. a pair's score, so that no tensor work happens on the event loop). A single task drains a
+bounded asyncio queue: it takes the first waiting request, then keeps collecting for at most
+``max_wait_ms`` or until ``max_batch`` inputs, and runs the whole batch on one model thread, off
+the event loop. When the queue is full a
 request fails at once with :class:`Busy` (the app answers 503 with ``Retry-After``) instead of
 waiting without bound. With batching off, every request runs its own forward pass on the same
 model thread (the baseline the load benchmark compares with), still bounded by ``queue_size``.
@@ -21,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 RunBatch = Callable[[list[Any]], Tensor]
+Finish = Callable[[Tensor], Any]
 
 
 class Busy(Exception):
@@ -28,9 +31,15 @@ class Busy(Exception):
 
 
 @dataclass
+class _Failed:
+    error: Exception
+
+
+@dataclass
 class _Job:
     items: Sequence[Any]
-    future: asyncio.Future[Tensor] = field(repr=False)
+    future: asyncio.Future[Any] = field(repr=False)
+    finish: Finish | None = None
 
 
 class Batcher:
@@ -78,23 +87,40 @@ class Batcher:
             self._task = None
         self.executor.shutdown(wait=True)
 
-    def call(self, items: list[Any]) -> Tensor:
-        """Run one batch on the calling thread and record its size (the model thread's work)."""
+    def call(self, jobs: list[_Job]) -> list[Any]:
+        """Run the jobs' inputs as one batch and each job's ``finish`` on its rows (the model
+        thread's work); one result, or the exception it raised, per job."""
+        items = [item for job in jobs for item in job.items]
         self.observe_batch(len(items))
-        return self.run(items)
+        out = self.run(items)
+        results: list[Any] = []
+        start = 0
+        for job in jobs:
+            rows = out[start : start + len(job.items)]
+            start += len(job.items)
+            try:
+                results.append(rows if job.finish is None else job.finish(rows))
+            except Exception as error:  # noqa: BLE001 -- this job's own failure
+                results.append(_Failed(error))
+        return results
 
-    async def embed(self, items: Sequence[Any]) -> Tensor:
-        """Embeddings (len(items), D) of ``items``, computed with other requests' inputs."""
+    async def embed(self, items: Sequence[Any], finish: Finish | None = None) -> Any:
+        """Embeddings (len(items), D) of ``items``, computed with other requests' inputs, or
+        ``finish(embeddings)`` computed on the model thread."""
         loop = asyncio.get_running_loop()
         if not self.enabled or self._queue is None:
             if self._in_flight >= self.queue_size:
                 raise Busy("the model's queue is full")
             self._in_flight += 1
             try:
-                return await loop.run_in_executor(self.executor, self.call, list(items))
+                job = _Job(list(items), loop.create_future(), finish)
+                (result,) = await loop.run_in_executor(self.executor, self.call, [job])
             finally:
                 self._in_flight -= 1
-        job = _Job(items, loop.create_future())
+            if isinstance(result, _Failed):
+                raise result.error
+            return result
+        job = _Job(items, loop.create_future(), finish)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -106,19 +132,17 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect(self._queue, loop)
-            items = [item for job in jobs for item in job.items]
             try:
-                out = await loop.run_in_executor(self.executor, self.call, items)
+                results = await loop.run_in_executor(self.executor, self.call, jobs)
             except Exception as error:  # noqa: BLE001 -- every waiting request gets the error
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                continue
-            start = 0
-            for job in jobs:
-                if not job.future.done():  # a client that went away cancelled its future
-                    job.future.set_result(out[start : start + len(job.items)])
-                start += len(job.items)
+                results = [_Failed(error)] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                if job.future.done():  # a client that went away cancelled its future
+                    continue
+                if isinstance(result, _Failed):
+                    job.future.set_exception(result.error)
+                else:
+                    job.future.set_result(result)
 
     async def _collect(
         self, queue: asyncio.Queue[_Job], loop: asyncio.AbstractEventLoop

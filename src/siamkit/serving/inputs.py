@@ -120,6 +120,7 @@ async def form_files(
                                      "got a text value")  # fmt: skip
         name = _printable(value.filename) or f"{field}[{i}]"
         blobs.append((name, await value.read()))
+        await value.close()
     return blobs
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from siamkit.errors import GalleryError
 from siamkit.serving.auth import require_read, require_write
+from siamkit.serving.batcher import Finish
 from siamkit.serving.inputs import (
     Blob,
     check_count,
@@ -70,19 +71,30 @@ def _check_k(k: int, server: Any) -> int:
     return k
 
 
-async def _embed_images(server: Any, blobs: list[Blob]) -> Tensor:
-    """Decode + preprocess on the decode threads, then embed through the batcher."""
+async def _embed_images(server: Any, blobs: list[Blob], finish: Finish | None = None) -> Any:
+    """Decode + preprocess on the decode threads, then embed through the batcher (and
+    ``finish`` the embeddings on the model thread)."""
     if server.model.kind != "image":
         raise HTTPException(400, "this is a text model: send texts as JSON")
     loop = asyncio.get_running_loop()
     tensors = await loop.run_in_executor(server.decoder, server.model.prepare, blobs)
-    return await server.batcher.embed(tensors)
+    return await server.batcher.embed(tensors, finish)
 
 
-async def _embed_texts(server: Any, texts: list[str], where: str = "texts") -> Tensor:
+async def _embed_texts(
+    server: Any, texts: list[str], where: str = "texts", finish: Finish | None = None
+) -> Any:
     if server.model.kind != "text":
         raise HTTPException(400, "this is an image model: send images (multipart or base64)")
-    return await server.batcher.embed(check_texts(texts, server.settings, where))
+    return await server.batcher.embed(check_texts(texts, server.settings, where), finish)
+
+
+def _pair(server: Any) -> Finish:
+    return lambda emb: server.model.pair(emb[0], emb[1])
+
+
+def _as_body(emb: Tensor) -> dict[str, Any]:
+    return {"embeddings": emb.tolist(), "dim": int(emb.shape[1])}
 
 
 @router.post(
@@ -98,7 +110,8 @@ async def embed(request: Request) -> JSONResponse:
     server = _server(request)
     if content_kind(request) == "multipart":
         form = await read_form(request, server.settings)
-        vectors = await _embed_images(server, await form_files(form, "files", server.settings))
+        blobs = await form_files(form, "files", server.settings)
+        return JSONResponse(await _embed_images(server, blobs, _as_body))
     else:
         body = await read_json(request, EmbedJSON)
         if (body.images is None) == (body.texts is None):
@@ -108,10 +121,8 @@ async def embed(request: Request) -> JSONResponse:
                 raise HTTPException(400, "images: expected at least one image")
             check_count(len(body.images), server.settings, "images")
             blobs = [decode_base64(b, f"images[{i}]") for i, b in enumerate(body.images)]
-            vectors = await _embed_images(server, blobs)
-        else:
-            vectors = await _embed_texts(server, body.texts or [])
-    return JSONResponse({"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])})
+            return JSONResponse(await _embed_images(server, blobs, _as_body))
+        return JSONResponse(await _embed_texts(server, body.texts or [], finish=_as_body))
 
 
 VERIFY_FORM = {
@@ -136,11 +147,9 @@ async def verify(request: Request) -> JSONResponse:
     if content_kind(request) == "json":
         body = await read_json(request, PairJSON)
         if server.model.kind == "text":
-            emb = await _embed_texts(server, [body.a, body.b], "a/b")
-        else:
-            blobs = [decode_base64(body.a, "a"), decode_base64(body.b, "b")]
-            emb = await _embed_images(server, blobs)
-        return JSONResponse(server.model.pair(emb[0], emb[1]))
+            return JSONResponse(await _embed_texts(server, [body.a, body.b], "a/b", _pair(server)))
+        blobs = [decode_base64(body.a, "a"), decode_base64(body.b, "b")]
+        return JSONResponse(await _embed_images(server, blobs, _pair(server)))
     form = await read_form(request, server.settings)
     if "questioned" in form or "references" in form:
         questioned = await form_files(form, "questioned", server.settings)
@@ -150,16 +159,20 @@ async def verify(request: Request) -> JSONResponse:
         aggregate = form.get("aggregate")
         if aggregate is not None and not isinstance(aggregate, str):
             raise HTTPException(400, "multipart field 'aggregate': expected a text value")
-        emb = await _embed_images(server, questioned + references)
-        return JSONResponse(server.model.against_references(emb, aggregate or None))
+        aggregate = aggregate or None
+        answer = await _embed_images(
+            server,
+            questioned + references,
+            lambda emb: server.model.against_references(emb, aggregate),
+        )
+        return JSONResponse(answer)  # fmt: skip
     pair = []
     for field in ("a", "b"):
         files = await form_files(form, field, server.settings)
         if len(files) != 1:
             raise HTTPException(400, f"multipart field {field!r}: expected exactly one file")
         pair += files
-    emb = await _embed_images(server, pair)
-    return JSONResponse(server.model.pair(emb[0], emb[1]))
+    return JSONResponse(await _embed_images(server, pair, _pair(server)))
 
 
 @router.post(
@@ -175,8 +188,7 @@ async def similarity(request: Request) -> JSONResponse:
     body = await read_json(request, PairJSON)
     if server.model.kind != "text":
         raise HTTPException(400, "/v1/similarity is for text models; use /v1/verify for images")
-    emb = await _embed_texts(server, [body.a, body.b], "a/b")
-    return JSONResponse(server.model.pair(emb[0], emb[1]))
+    return JSONResponse(await _embed_texts(server, [body.a, body.b], "a/b", _pair(server)))
 
 
 @router.post(
