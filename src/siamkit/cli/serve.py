@@ -77,12 +77,13 @@ def serve(
     if settings.no_auth:
         console.print(
             "[bold red]WARNING: --no-auth: anyone who can reach "
-            f"{host}:{port} may embed, verify, enroll and delete. Local experiments only.[/]"
+            f"{host}:{port} may embed, verify, enroll and delete. Local experiments only.[/]",
+            soft_wrap=True,
         )
     os.environ[SETTINGS_ENV] = settings.to_env()  # digests only: workers inherit it
     os.environ[MODEL_ENV] = str(model.resolve())
     os.environ[GALLERY_ENV] = "" if gallery is None else _location(gallery)
-    console.print(f"siamkit serve: {model} on http://{host}:{port} (docs: /docs)")
+    console.print(f"siamkit serve: {model} on http://{host}:{port} (docs: /docs)", soft_wrap=True)
     uvicorn.run(
         "siamkit.serving.app:app_from_env",
         factory=True,

@@ -87,7 +87,9 @@ def _decode(source: str | Path | bytes, max_pixels: int, name: str | None) -> Im
     except Image.DecompressionBombError as error:  # Pillow's own limit, checked in Image.open
         size = re.search(r"\((\d+) pixels\)", str(error))
         raise DataError(too_large.format(size.group(1) if size else "too many")) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:
+        raise DataError(f"{where}: not a readable image (not a format Pillow knows)") from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{where}: not a readable image ({error})") from error
     return image
 

@@ -53,7 +53,9 @@ class ServedModel:
     @classmethod
     def load(cls, folder: str | Path, max_pixels: int) -> ServedModel:
         """Load a model folder for serving."""
-        return cls(load(folder), Path(folder).name, max_pixels)
+        folder = Path(folder).resolve()
+        name = folder.parent.name if folder.name == "model" else folder.name  # runs/faces/model
+        return cls(load(folder), name, max_pixels)
 
     @property
     def threshold(self) -> float | None:
