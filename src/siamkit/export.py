@@ -99,7 +99,8 @@ def _tensor_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tensor]
         )
     axes = {0: "batch", 2: "length"} if encoder.input_ndim == 3 else {0: "batch"}
     manifest = {"kind": "tensor", "inputs": ["input"], "input_shape": list(shape)}
-    return encoder, manifest, [torch.rand(2, *shape)], {"input": axes}
+    sample = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    return encoder, manifest, [sample], {"input": axes}
 
 
 def _text_rnn_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tensor], dict]:
