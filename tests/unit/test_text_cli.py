@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 import siamkit
+from siamkit.checkpoint import load_tensors
 from siamkit.cli import main
 from siamkit.errors import ConfigError
 from siamkit.recipe import parse_recipe, run_recipe
+from siamkit.training import last_epoch_weights
 
 SENTENCES = [
     ("a man plays a guitar", "a man is playing the guitar", 4.8),
@@ -171,3 +174,20 @@ def test_extra_train_pairs_join_the_vocabulary_and_the_batches(tmp_path, monkeyp
     assert result.history.epochs[0]["steps"] == 2 + 6
     with pytest.raises(ConfigError, match="another dataset"):
         parse_recipe({**RECIPE, "data": {"name": "stsb", "params": {"extra_train": "stsb"}}})
+
+
+def test_train_runs_a_paraphrase_recipe_with_f1_threshold_and_last_epoch(tmp_path, capsys):
+    recipe = {**RECIPE, "data": "mrpc", "training": {"epochs": 3, "lr": 0.01},
+              "evaluation": {"threshold_rule": "f1", "keep": "last"}}  # fmt: skip
+    config = tmp_path / "mrpc.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    args = ["train", str(config), "--out", str(tmp_path / "run"), "--data-dir"]
+    assert main([*args, str(write_mrpc(tmp_path / "mrpc"))]) == 0
+    assert "mrpc test split" in capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["epochs_run"] == 3 and {"accuracy", "f1"} <= set(report["test"])
+    saved = siamkit.load(tmp_path / "run" / "model").config.extra["recipe"]["evaluation"]
+    assert (saved["monitor"], saved["threshold_rule"], saved["keep"]) == ("auc", "f1", "last")
+    kept = load_tensors(tmp_path / "run" / "model" / "model.safetensors")
+    last = last_epoch_weights(tmp_path / "run")
+    assert kept.keys() == last.keys() and all(torch.equal(kept[k], last[k]) for k in kept)
