@@ -119,8 +119,9 @@ def pair_validator(splits: TextSplits):
 def decision_threshold(
     network: SiameseNetwork, splits: TextSplits, rule: ThresholdRule = "accuracy"
 ) -> float:
-    """The accuracy- (or F1-) maximising cosine threshold for "same": on the train pairs for 0/1
-    data (MRPC), on the dev pairs binarised at ``label_threshold`` for scored data (STS-B)."""
+    """The cosine threshold for "same" by ``rule`` (highest accuracy or F1, or the EER): on the
+    train pairs for 0/1 data (MRPC), on the dev pairs binarised at ``label_threshold`` for scored
+    data (STS-B)."""
     pairs = splits.train if splits.max_score <= 1 else splits.val
     labels = binarize(pairs.scores, splits.label_threshold)
     return choose_pair_threshold(similarity(network, pairs.a, pairs.b), labels, rule)
