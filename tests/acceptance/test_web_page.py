@@ -242,6 +242,17 @@ def test_errors_show_as_one_readable_line(page, faces):
     assert error.get_attribute("role") == "alert"
 
 
+def test_the_api_key_is_kept_for_the_tab_only(page, browser, server):
+    page.reload()
+    assert page.get_by_label("API key").input_value() == KEY  # sessionStorage survives a reload
+    other = browser.new_page()  # another tab starts without it
+    try:
+        other.goto(server)
+        assert other.get_by_label("API key").input_value() == ""
+    finally:
+        other.close()
+
+
 def test_drop_zones_work_from_the_keyboard_and_by_drag_and_drop(page, faces):
     _, root = faces
     page.get_by_label("First image").focus()
@@ -319,6 +330,9 @@ def test_a_text_model_compares_two_texts(browser, text_server):
         # /ready says the model reads text: the page switches to the two text boxes by itself
         assert page.get_by_label("two texts").is_checked()
         assert page.get_by_label("First image").is_hidden()
+        # identify and enroll take images: their tabs are gone for a text model
+        assert page.get_by_role("tab", name="Enroll").is_hidden()
+        assert page.get_by_role("tab", name="Identify").is_hidden()
         page.get_by_label("First text").fill("A man is playing a guitar.")
         page.get_by_label("Second text").fill("A man plays the guitar.")
         page.get_by_role("button", name="Verify", exact=True).click()

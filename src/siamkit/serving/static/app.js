@@ -431,10 +431,11 @@ function selectTab(tab, focus = false) {
 }
 
 function setupTabs() {
-  const tabs = $$("[role=tab]");
-  for (const tab of tabs) {
+  const allTabs = $$("[role=tab]");
+  for (const tab of allTabs) {
     tab.addEventListener("click", () => selectTab(tab));
     tab.addEventListener("keydown", (event) => {
+      const tabs = allTabs.filter((t) => !t.hidden);
       const i = tabs.indexOf(tab);
       const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[event.key];
       if (next === undefined) return;
@@ -442,7 +443,7 @@ function setupTabs() {
       selectTab(tabs[(next + tabs.length) % tabs.length], true);
     });
   }
-  const start = tabs.find((t) => t.id === `tab-${location.hash.slice(1)}`);
+  const start = allTabs.find((t) => t.id === `tab-${location.hash.slice(1)}`);
   if (start) selectTab(start);
 }
 
@@ -450,6 +451,24 @@ function setupTabs() {
 function isTextModel(info) {
   const fields = [info.modality, info.input, info.inputs, info.task, info.kind, info.model && info.model.task];
   return fields.some((v) => typeof v === "string" && /text/i.test(v));
+}
+
+/** Fit the page to the served model: text boxes for a text model (whose gallery endpoints
+ * take no images), a note where a gallery is needed and the server has none. */
+function adaptTo(info) {
+  if (isTextModel(info)) {
+    defaultMode = "texts";
+    setVerifyMode(defaultMode);
+    for (const id of ["tab-identify", "tab-enroll"]) $(`#${id}`).hidden = true;
+    if ($("[role=tab][aria-selected=true]").hidden) selectTab($("#tab-verify"));
+  }
+  if (info.gallery === null) {
+    for (const panel of ["#panel-identify", "#panel-enroll"]) {
+      $(".lead", $(panel)).after(el("p", { class: "notice", role: "note" },
+        "This server has no gallery: start it with ", el("code", { text: "siamkit serve MODEL --gallery PATH" }),
+        " to enroll and identify people."));
+    }
+  }
 }
 
 async function watchServer() {
@@ -462,10 +481,7 @@ async function watchServer() {
         status.dataset.state = "ready";
         status.textContent = info.kind ? `ready: ${info.kind} model` : "ready";
         status.title = Object.entries(info).map(([k, v]) => `${k}: ${v}`).join("\n");
-        if (isTextModel(info)) {
-          defaultMode = "texts";
-          setVerifyMode(defaultMode);
-        }
+        adaptTo(info);
         return;
       }
       status.dataset.state = "loading";
