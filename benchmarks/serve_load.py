@@ -305,6 +305,8 @@ def run_scenario(
     row["outcomes"] = " ".join(f"{k}:{v}" for k, v in sorted(result["outcomes"].items()))
     row["mean_batch"] = mean_batch_size(metrics)
     row["load_1min"] = round(os.getloadavg()[0], 1)
+    spent = (row["server_cpu_ms"] or 0) + (row["client_cpu_ms"] or 0)
+    row["cpu_bound_rps"] = round(1000 * (os.cpu_count() or 1) / spent) if spent else None
     print(f"{name}, torch threads {row['torch_threads']}: {row['rps']} req/s, "
           f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, errors {row['errors']}, "
           f"mean batch {row['mean_batch']}, server CPU "
@@ -393,6 +395,7 @@ def save(rows: list[dict], args) -> None:
         "rps_unbatched_text": text_off,
         "rps_batched_text": text_on,
         "text_batching_speedup": speedup,
+        "verify_cpu_bound_rps": head.get("cpu_bound_rps"),
         "torch_threads": first,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
@@ -402,7 +405,7 @@ def save(rows: list[dict], args) -> None:
     }
     columns = ["scenario", "batching", "torch_threads", "concurrency", "requests", "rps",
                "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "mean_batch", "server_cpu_ms",
-               "client_cpu_ms", "load_1min", "outcomes"]  # fmt: skip
+               "client_cpu_ms", "cpu_bound_rps", "load_1min", "outcomes"]  # fmt: skip
     table = markdown_table([{c: row.get(c, "") for c in columns} for row in rows])
     notes = [
         f"{args.concurrency} closed-loop clients (asyncio httpx, one process) against `siamkit "
@@ -413,7 +416,12 @@ def save(rows: list[dict], args) -> None:
         "two STS-B dev sentences (JSON) per request, all-MiniLM-L6-v2 as shipped.",
         "server_cpu_ms / client_cpu_ms: CPU time (user + system) the server process and the "
         "client process spent per counted request; unlike requests/s they hardly depend on "
-        "what else the machine runs (see load_average below).",
+        "what else the machine runs (see load_1min). cpu_bound_rps = cores x 1000 / (server + "
+        "client CPU ms): the requests/s this machine could reach with every core busy on this "
+        "server and client and nothing else (an estimate, not a measurement).",
+        f"With {args.concurrency} closed-loop clients the mean latency is {args.concurrency} / "
+        "requests/s (Little's law): a p99 <= 50 ms needs well over "
+        f"{args.concurrency * 20} requests/s.",
         f"Targets (headline: torch threads {first}): {targets}.",
     ]
     print(table, *notes, sep="\n")
