@@ -167,3 +167,36 @@ def test_two_servers_on_one_gallery_see_each_others_writes(model_dir, tmp_path):
         second.stop()
     with Gallery.open(gallery) as opened:
         assert len(opened.identities()) == 11
+
+
+def test_sigterm_lets_a_request_in_flight_finish(model_dir, tmp_path):
+    server = Served(model_dir, tmp_path / "g.gallery", tmp_path / "term.log").wait_ready()
+    request = httpx.Request("POST", "/v1/verify", files={"a": ("a.png", png(1)),
+                                                         "b": ("b.png", png(2))})  # fmt: skip
+    body = request.read()
+    half = len(body) // 2
+    sent_half = threading.Event()
+
+    def slow_body():  # the request is in flight (half its body sent) when SIGTERM arrives
+        yield body[:half]
+        sent_half.set()
+        time.sleep(1.5)
+        yield body[half:]
+
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(server.client.post(
+        "/v1/verify", content=slow_body(),
+        headers={"Content-Type": request.headers["Content-Type"]})))  # fmt: skip
+    try:
+        thread.start()
+        assert sent_half.wait(60)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert server.process.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
+    finally:
+        server.stop()
+    assert answers and answers[0].status_code == 200, answers
+    assert answers[0].json()["decision"] in ("same", "different")
+    log = server.log_path.read_text()
+    assert "Shutting down" in log and "Application shutdown complete" in log

@@ -66,6 +66,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # requests waiting for or inside the model (batching off)
+        self._busy = False  # a batch is on the model thread
 
     @property
     def depth(self) -> int:
@@ -78,8 +79,13 @@ class Batcher:
             self._queue = asyncio.Queue(self.queue_size)
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
-    async def stop(self) -> None:
-        """Finish the batch in progress, then stop the task and the model thread."""
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Serve the requests already queued (for at most ``timeout`` seconds), then stop the
+        task and the model thread."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._busy or self.depth) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,10 +138,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect(self._queue, loop)
+            self._busy = True
             try:
                 results = await loop.run_in_executor(self.executor, self.call, jobs)
             except Exception as error:  # noqa: BLE001 -- every waiting request gets the error
                 results = [_Failed(error)] * len(jobs)
+            finally:
+                self._busy = False
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():  # a client that went away cancelled its future
                     continue
