@@ -41,7 +41,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks_common import REPOSITORY, environment, markdown_table, target_report, write_results
+from benchmarks_common import (
+    REPOSITORY,
+    RESULTS,
+    environment,
+    markdown_table,
+    target_report,
+    write_results,
+)
 
 SEED = 0
 SCENARIOS = ("verify_batched", "verify_unbatched", "similarity_batched", "similarity_unbatched")
@@ -344,6 +351,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="uncounted seconds first")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--logs", default=str(REPOSITORY / "runs" / "serve_load"))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for serve.json/.md")
     parser.add_argument(
         "--torch-threads", nargs="+", type=thread_setting, default=[None],
         help="SIAMKIT_TORCH_THREADS for the server, one run of every scenario per value "
@@ -427,7 +435,7 @@ def save(rows: list[dict], args) -> None:
     print(table, *notes, sep="\n")
     text = "# Serving load\n\n" + table + "\n" + "".join(f"{n}\n\n" for n in notes)
     text += "## Machine and run\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in env.items()) + "\n"
-    write_results("serve", {**summary, "rows": rows, "environment": env}, text)
+    write_results("serve", {**summary, "rows": rows, "environment": env}, text, args.out)
 
 
 if __name__ == "__main__":
