@@ -383,3 +383,23 @@ def test_text_model_embed_similarity_and_verify(tmp_path):
         images = c.post("/v1/verify", files={"a": ("a.png", png(1)), "b": ("b.png", png(2))})
         assert images.status_code == 400 and "text model" in images.json()["detail"]
         assert c.post("/v1/embed", json={"texts": []}).status_code == 400
+
+
+def test_milvus_lite_gallery_through_the_api(model_dir, tmp_path):
+    pytest.importorskip("milvus_lite")
+    location = tmp_path / "faces.db"
+    headers = {"Authorization": f"Bearer {RW}"}
+    with serve(model_dir, location) as c:
+        wait_ready(c)
+        c.headers.update(headers)
+        files = [("files", ("a.png", png(1))), ("files", ("b.png", png(2)))]
+        assert c.post("/v1/enroll", data={"name": "ada"}, files=files).status_code == 200
+        assert c.post("/v1/enroll", data={"name": "bob"}, files={"files": ("c.png", png(3))}
+                      ).json() == {"name": "bob", "templates": 1}  # fmt: skip
+        assert c.post("/v1/identify", files={"file": ("p.png", png(2))}).json()["identity"] == "ada"
+        assert c.delete("/v1/people/bob").json() == {"deleted": "bob"}
+    with serve(model_dir, location) as c:
+        wait_ready(c)
+        assert c.get("/v1/people", headers=headers).json() == {
+            "people": [{"name": "ada", "templates": 2}]
+        }
