@@ -223,10 +223,32 @@ def signatures_baselines() -> dict[str, dict[str, float]]:
     }}  # fmt: skip
 
 
+def demo_baselines() -> dict[str, dict[str, float]]:
+    """The demo's Conv net untrained, on the demo's unseen digits (its episodes and test pairs)."""
+    import torch
+
+    from siamkit.data import build_dataset
+    from siamkit.demo import DEMO_RECIPE
+    from siamkit.evaluation.fewshot import evaluate_episodes
+    from siamkit.evaluation.verification import equal_error_rate, pair_scores
+    from siamkit.recipe import build_network, parse_recipe
+
+    recipe = parse_recipe(DEMO_RECIPE, "demo recipe")
+    test = build_dataset("digits", size=16).test
+    torch.manual_seed(recipe.seed)
+    network = build_network(recipe)[0].eval()
+    scores, labels = pair_scores(network, test, recipe.evaluation.test_pairs, recipe.seed + 1)
+    return {"untrained Conv": {
+        "4way_1shot": evaluate_episodes(network, test, 4, 1, 1000, recipe.seed).mean,
+        "eer": equal_error_rate(scores, labels)[0],
+    }}  # fmt: skip
+
+
 def baselines() -> dict[str, dict[str, dict[str, float]]]:
     """Broken-model references for the bounds' comments: test file -> model -> figure -> value."""
     found = {}
-    for test, measure in [("test_faces.py", faces_baselines),
+    for test, measure in [("test_demo.py", demo_baselines),
+                          ("test_faces.py", faces_baselines),
                           ("test_faces.py::pretrained", pretrained_faces_baselines),
                           ("test_omniglot.py", omniglot_baselines),
                           ("test_signatures.py", signatures_baselines)]:  # fmt: skip
