@@ -403,3 +403,37 @@ def test_milvus_lite_gallery_through_the_api(model_dir, tmp_path):
         assert c.get("/v1/people", headers=headers).json() == {
             "people": [{"name": "ada", "templates": 2}]
         }
+
+
+def test_two_stores_on_one_folder_follow_the_generation(tmp_path):
+    from siamkit.gallery import Gallery
+
+    location = tmp_path / "shared.gallery"
+    rng = np.random.default_rng(0)
+    first, second = Gallery.open(location), Gallery.open(location)
+    faces = rng.standard_normal((3, 8))
+    first.enroll("ada", faces[:2])
+    assert second.identify(faces[:1])[0].identity == "ada"  # search reloads the moved index
+    second.enroll("bob", faces[2:])  # a write starts from the other process's state
+    assert len(second) == 3 and len(first.store.find("identity", "bob")) == 1
+    assert not second.store.refresh() and first.store.refresh()
+    assert first.identities() == {"ada": 2, "bob": 1} and len(first) == 3
+    first.remove("ada")
+    assert [a.identity for a in second.identify(faces)] == ["bob"] * 3
+    first.close(), second.close()
+
+
+def test_real_faces_score_as_the_cli_does(model_dir, tmp_path, capsys):
+    from conftest import dataset_or_skip
+    from siamkit.cli import main
+
+    root = dataset_or_skip("att_faces")
+    a, b = root / "s1" / "1.pgm", root / "s2" / "1.pgm"
+    with serve(model_dir) as c:
+        wait_ready(c)
+        answer = c.post("/v1/verify", headers={"X-API-Key": RO}, files={
+            "a": (a.name, a.read_bytes()), "b": (b.name, b.read_bytes())}).json()  # fmt: skip
+    expected = float(siamkit.load(model_dir).score([str(a)], [str(b)])[0])
+    assert answer["score"] == pytest.approx(expected, abs=1e-5)
+    assert main(["verify", str(model_dir), str(a), str(b)]) == 0
+    assert f"{expected:.4f}" in capsys.readouterr().out
