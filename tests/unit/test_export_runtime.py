@@ -73,8 +73,8 @@ def test_numpy_heads_equal_torch_heads(name):
     head = HEADS.build({"name": name, "params": {"embedding_dim": 8} if name == "learned" else {}})
     weights = None
     if name == "learned":
-        weights = {"weight": head.linear.weight.reshape(-1).tolist(),
-                   "bias": float(head.linear.bias[0])}  # fmt: skip
+        weights = {"weight": head.linear.weight.detach().reshape(-1).tolist(),
+                   "bias": float(head.linear.bias.detach()[0])}  # fmt: skip
     a, b = torch.randn(6, 8), torch.randn(5, 8)
     runtime = NumpyHead(name, weights)
     with torch.no_grad():
