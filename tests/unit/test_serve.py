@@ -437,3 +437,24 @@ def test_real_faces_score_as_the_cli_does(model_dir, tmp_path, capsys):
     assert answer["score"] == pytest.approx(expected, abs=1e-5)
     assert main(["verify", str(model_dir), str(a), str(b)]) == 0
     assert f"{expected:.4f}" in capsys.readouterr().out
+
+
+def test_inference_preparation_keeps_the_embeddings():
+    from siamkit.serving.model import fold_batch_norms, for_inference
+
+    torch.manual_seed(0)
+    encoder = {"name": "conv4", "params": {"input_size": 28, "channels": 8, "blocks": 3,
+                                           "flip_average": True, "normalize": True}}  # fmt: skip
+    net = SiameseNetwork(build_encoder(encoder), HEADS.build(HEAD)).eval()
+    for module in net.modules():  # trained-looking statistics, not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.5, 0.5)
+    x = torch.rand(5, 1, 28, 28)
+    with torch.inference_mode():
+        before = net.embed(x)
+        prepared = for_inference(net)
+        after = prepared.embed(x.contiguous(memory_format=torch.channels_last))
+    assert fold_batch_norms(prepared) == 0  # all three were folded already
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert torch.allclose(before, after, atol=1e-5)
