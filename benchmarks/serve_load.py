@@ -424,8 +424,9 @@ def save(rows: list[dict], args) -> None:
         "verify: two AT&T face images (multipart) per request, faces Conv-4 model. similarity: "
         "two STS-B dev sentences (JSON) per request, all-MiniLM-L6-v2 as shipped.",
         "server_cpu_ms / client_cpu_ms: CPU time (user + system) the server process and the "
-        "client process spent per counted request; unlike requests/s they hardly depend on "
-        "what else the machine runs (see load_1min). cpu_bound_rps = cores x 1000 / (server + "
+        "client process spent per counted request; they depend less than requests/s on what "
+        "else the machine runs (see load_1min), though sharing a loaded machine inflates them "
+        "too. cpu_bound_rps = cores x 1000 / (server + "
         "client CPU ms): the requests/s this machine could reach with every core busy on this "
         "server and client and nothing else (an estimate, not a measurement).",
         f"With {args.concurrency} closed-loop clients the mean latency is {args.concurrency} / "
