@@ -202,7 +202,7 @@ def test_enroll_then_identify_another_photo_of_them(page, faces):
         done.wait_for()
         assert "3 images" in done.inner_text()
     page.locator("#people-list li", has_text="s5").wait_for()
-    save_screenshot(page, "web_page_enroll")
+    save_screenshot(page, "web_page_enroll", "serve_page_enroll")
 
     page.get_by_role("tab", name="Identify").click()
     page.get_by_label("Image to identify").set_input_files(str(root / "s4" / "8.pgm"))
@@ -213,6 +213,13 @@ def test_enroll_then_identify_another_photo_of_them(page, faces):
     assert verdict.get_attribute("data-identity") == "s4", candidates
     assert candidates[0] == "s4" and sorted(candidates) == ["s3", "s4", "s5"]
     save_screenshot(page, "web_page_identify", "serve_page_identify")
+
+    page.get_by_role("tab", name="Enroll").click()  # delete takes two clicks
+    page.get_by_role("button", name="Delete s5").click()
+    page.get_by_role("button", name="Confirm: delete s5 from the gallery").click()
+    page.locator("#enroll-result [data-deleted=s5]").wait_for()
+    page.locator("#people-list li", has_text="s5").wait_for(state="detached")
+    assert page.locator("#people-list .person-name").all_inner_texts() == ["s3", "s4"]
 
 
 def test_errors_show_as_one_readable_line(page, faces):

@@ -327,6 +327,32 @@ function renderIdentify(target, data) {
     detailsList(data, skip)));
 }
 
+/** One enrolled person, with a two-step delete button (read-write key). */
+function personItem(person) {
+  const count = `${person.templates} image${person.templates === 1 ? "" : "s"}`;
+  const button = el("button", { type: "button", class: "quiet small danger",
+    "aria-label": `Delete ${person.name}`, text: "Delete" });
+  button.addEventListener("click", async () => {
+    if (button.dataset.armed !== "true") {
+      button.dataset.armed = "true";
+      button.textContent = "Sure?";
+      button.setAttribute("aria-label", `Confirm: delete ${person.name} from the gallery`);
+      return;
+    }
+    button.disabled = true;
+    try {
+      await api(`v1/people/${encodeURIComponent(person.name)}`, { method: "DELETE" });
+      $("#enroll-result").replaceChildren(el("div", { class: "card ok", "data-deleted": person.name },
+        el("strong", { text: person.name }), " was removed from the gallery."));
+    } catch (error) {
+      showError($("#enroll-result"), error);
+    }
+    loadPeople();
+  });
+  return el("li", {}, el("span", { class: "person-name", text: person.name }),
+    el("span", { class: "muted", text: count }), button);
+}
+
 async function loadPeople() {
   const target = $("#people-list");
   try {
@@ -336,8 +362,7 @@ async function loadPeople() {
       target.replaceChildren(el("p", { class: "muted", text: "Nobody is enrolled yet." }));
       return;
     }
-    target.replaceChildren(el("ul", { class: "people-list" }, people.map((p) =>
-      el("li", {}, el("span", { text: p.name }), el("span", { class: "muted", text: `${p.templates} image${p.templates === 1 ? "" : "s"}` })))));
+    target.replaceChildren(el("ul", { class: "people-list" }, people.map(personItem)));
   } catch (error) {
     target.replaceChildren(el("p", { class: "muted", text: `Could not list people: ${error.message}` }));
   }
