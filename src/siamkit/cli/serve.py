@@ -48,6 +48,9 @@ def serve(
         int | None, typer.Option(min=1, help="Images or texts per request.")
     ] = None,
     max_text_chars: Annotated[int | None, typer.Option(min=1, help="Characters per text.")] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")
+    ] = False,
     torch_threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads per worker (default: half the cores).")
     ] = None,
@@ -92,6 +95,7 @@ def serve(
         workers=workers,
         timeout_graceful_shutdown=30,
         log_level="info",
+        access_log=access_log,
     )
 
 
