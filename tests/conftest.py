@@ -9,6 +9,10 @@ which is how ``benchmarks/test_spread.py`` measures the spread of what they asse
 - ``SIAMKIT_FIGURES``: a JSON file to which the ``figures`` fixture adds every asserted figure
   (test id -> name -> value, comparison, bound). While it is set, a figure outside its bound
   fails the test at its end, after the remaining figures were recorded too.
+
+An acceptance module declares its bounds in one place, ``BOUNDS = {test function: {figure:
+(comparison, bound)}}``, each with the measured spread and what a broken model scores in a
+comment beside it; ``figures.check(name, value)`` compares against it.
 """
 
 from __future__ import annotations
@@ -87,15 +91,26 @@ def _torch_threads() -> Iterator[None]:
 class Figures:
     """The figures a test asserts, checked against their bounds and recorded by name."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, bounds: dict[str, tuple[str, float]]) -> None:
         self.path = path
+        self.bounds = bounds
         self.values: dict[str, dict] = {}
         self.failures: list[str] = []
 
-    def check(self, name: str, value: float, op: str, bound: float, context: object = "") -> None:
-        """Record ``value`` and assert ``value <op> bound`` (deferred to the test's end while
-        figures are being collected, so that one miss does not hide the other figures)."""
-        value, bound = float(value), float(bound)
+    def check(
+        self,
+        name: str,
+        value: float,
+        context: object = "",
+        bound: tuple[str, float] | None = None,
+    ) -> None:
+        """Record ``value`` and assert ``value <comparison> bound``, the bound being the test
+        module's ``BOUNDS[test][name]`` unless given (deferred to the test's end while figures
+        are being collected, so that one miss does not hide the other figures)."""
+        if bound is None and name not in self.bounds:
+            raise KeyError(f"no bound for figure {name!r}: add it to the module's BOUNDS")
+        op, limit = self.bounds[name] if bound is None else bound
+        value, bound = float(value), float(limit)
         self.values[name] = {"value": value, "op": op, "bound": bound}
         if not COMPARISONS[op](value, bound):
             message = f"{name} = {value:.6g}, expected {op} {bound:.6g} {context}".strip()
@@ -119,7 +134,8 @@ class Figures:
 def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
     """Check and record a test's asserted figures (see the module docstring)."""
     path = os.environ.get("SIAMKIT_FIGURES", "").strip()
-    recorder = Figures(Path(path) if path else None)
+    bounds = getattr(request.module, "BOUNDS", {}).get(request.node.originalname, {})
+    recorder = Figures(Path(path) if path else None, bounds)
     yield recorder
     recorder.save(request.node.nodeid)
     if recorder.failures:

@@ -9,6 +9,18 @@ from siamkit import demo
 
 pytestmark = pytest.mark.acceptance
 
+# Measured spread: benchmarks/results/test_spread.md (training seeds 0-2 x torch threads 1-2);
+# broken model: `python benchmarks/test_spread.py --baselines`.
+BOUNDS = {
+    "test_demo_beats_pixel_nearest_neighbour": {
+        # 4-way 1-shot accuracy minus pixel matching's on the same 1000 episodes (pixels
+        # 0.792): trained SPREAD_DEMO_GAIN; the untrained net -0.0002
+        "4way_1shot_over_pixels": (">", 0.03),
+        # test pairs of the unseen digits: trained SPREAD_DEMO_EER; the untrained net 0.195
+        "eer": ("<", 0.17),
+    },
+}
+
 
 def test_demo_beats_pixel_nearest_neighbour(tmp_path, figures, monkeypatch):
     recipe = demo.DEMO_RECIPE
@@ -17,8 +29,8 @@ def test_demo_beats_pixel_nearest_neighbour(tmp_path, figures, monkeypatch):
     monkeypatch.setitem(recipe, "training", recipe["training"] | {"threads": threads})
     summary = demo.run_demo(tmp_path, show_progress=False)
     figures.note("pixel_4way_1shot", summary.baseline.mean)
-    figures.check("4way_1shot_over_pixels", summary.siamese.mean - summary.baseline.mean, ">", 0)
-    figures.check("eer", summary.result.test["eer"], "<", 0.3)
+    figures.check("4way_1shot_over_pixels", summary.siamese.mean - summary.baseline.mean)
+    figures.check("eer", summary.result.test["eer"])
     report = (tmp_path / "report.md").read_text()
     assert "pixel nearest neighbour" in report
     for name in ("roc.png", "scores.png", "examples/six_a.png", "model/model.safetensors"):

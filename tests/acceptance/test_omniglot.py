@@ -28,6 +28,19 @@ RECIPE = {
     },
 }
 
+# Measured spread: benchmarks/results/test_spread.md (training seeds 0-2 x torch threads 1-2);
+# broken models: `python benchmarks/test_spread.py --baselines`.
+BOUNDS = {
+    "test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets": {
+        # 1000 seeded episodes on the unseen alphabets: trained SPREAD_5WAY; raw pixels 0.441,
+        # the untrained Conv-4 0.548
+        "5way_1shot": (">=", 0.90),
+        # Lake's 20 official runs (400 trials) read from the raw PNGs: trained SPREAD_OFFICIAL;
+        # pixel matching about 0.23
+        "official_runs": (">=", 0.6),
+    },
+}
+
 
 def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_path, figures):
     from siamkit.cli import main
@@ -42,14 +55,13 @@ def test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets(tmp_pa
     report = json.loads((out / "report.json").read_text())
     five_way = report["fewshot"]["5-way 1-shot"]
     assert five_way["episodes"] == 1000
-    figures.check("5way_1shot", five_way["mean"], ">=", 0.90, five_way)
-    # the saved model reads Lake's raw PNGs with its own preprocessing: far above pixel matching
-    # (about 23% on these 400 trials)
+    figures.check("5way_1shot", five_way["mean"], five_way)
+    # the saved model reads Lake's raw PNGs with its own preprocessing
     import siamkit
     from siamkit.evaluation.tasks import evaluate_path
 
     official = evaluate_path(siamkit.load(out / "model"), folder / "all_runs.zip").rows[0]
     assert official["trials"] == 400
     official_accuracy = float(official["accuracy"].split("±")[0])
-    figures.check("official_runs", official_accuracy, ">=", 0.6, official)
+    figures.check("official_runs", official_accuracy, official)
     assert main(["eval", str(out / "model"), str(folder / "all_runs.zip")]) == 0

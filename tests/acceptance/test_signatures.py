@@ -15,6 +15,19 @@ pytestmark = pytest.mark.acceptance
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "signatures.yaml"
 EPOCHS, BATCHES_PER_EPOCH = 2, 24  # about two minutes of training at 155x220 on two cores
 
+# Measured spread: benchmarks/results/test_spread.md (training seeds 0-2 x torch threads 1-2);
+# broken models: `python benchmarks/test_spread.py --baselines`.
+BOUNDS = {
+    "test_short_training_beats_25_percent_skilled_eer_on_unseen_writers": {
+        # fold 0's test writers, K = 5 references: trained SPREAD_SKILLED; the untrained Conv-4
+        # through the same protocol 0.219 (shift-averaged random features already tell writers)
+        "skilled_eer": ("<=", 0.25),
+        # writer identity is learnt, not forgery cues: trained SPREAD_RANDOM; untrained 0.981,
+        # so this only catches a collapsed model
+        "random_auc": (">", 0.8),
+    },
+}
+
 
 def test_short_training_beats_25_percent_skilled_eer_on_unseen_writers(tmp_path, capsys, figures):
     from siamkit.cli import main
@@ -50,9 +63,8 @@ def test_short_training_beats_25_percent_skilled_eer_on_unseen_writers(tmp_path,
     aggregate = result.aggregate
     skilled = {r["aggregate"]: r for r in result.rows if r["forgery"] == "skilled"}
     random = {r["aggregate"]: r for r in result.rows if r["forgery"] == "random"}
-    figures.check("skilled_eer", skilled[aggregate]["eer"], "<=", 0.25, skilled)
-    # writer identity is learnt, not forgery cues
-    figures.check("random_auc", random[aggregate]["auc"], ">", 0.8, random)
+    figures.check("skilled_eer", skilled[aggregate]["eer"], skilled)
+    figures.check("random_auc", random[aggregate]["auc"], random)
 
     # the saved model applies SigNet preprocessing to raw files in eval and verify
     model = save_signature_model(

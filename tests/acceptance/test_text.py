@@ -27,6 +27,17 @@ RECIPE = {
     "training": {"epochs": 2, "optimizer": "adam", "lr": 1e-3, "grad_clip": 1.0},
 }  # fmt: skip
 
+# Measured spread: benchmarks/results/test_spread.md (training seeds 0-2 x torch threads 1-2).
+BOUNDS = {
+    "test_brief_training_improves_stsb_dev_spearman": {
+        # best dev Spearman of 2 epochs minus the untrained start (SPREAD_TEXT_START): trained
+        # SPREAD_TEXT_GAIN; no training 0
+        "dev_spearman_gain": (">", 5),
+        # STS-B test: trained SPREAD_TEXT_TEST; the untrained encoder scores about its dev start
+        "test_spearman": (">", 50),
+    },
+}
+
 
 @pytest.mark.acceptance
 def test_brief_training_improves_stsb_dev_spearman(tmp_path, figures):
@@ -40,8 +51,8 @@ def test_brief_training_improves_stsb_dev_spearman(tmp_path, figures):
     tuned = max(e["spearman"] for e in result.history.epochs)
     print(f"STS-B dev Spearman: start {start:.2f} -> after 2 epochs {tuned:.2f}")
     figures.note("dev_spearman_start", start)
-    figures.check("dev_spearman_gain", tuned - start, ">", 5)
-    figures.check("test_spearman", result.test["spearman"], ">", 50)
+    figures.check("dev_spearman_gain", tuned - start)
+    figures.check("test_spearman", result.test["spearman"])
     assert result.test["spearman"] <= 100
     reloaded = evaluate_sts(siamkit.load(result.model_dir), dev)["spearman"]
     assert reloaded == pytest.approx(tuned, abs=1e-3)
