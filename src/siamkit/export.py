@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamkit.encoders.base import Encoder
-from siamkit.encoders.text import VOCAB_FILE, RecurrentTextEncoder, masked_max, masked_mean
+from siamkit.encoders.text import (
+    VOCAB_FILE,
+    RecurrentTextEncoder,
+    masked_max,
+    masked_mean,
+    tokenize,
+)
 from siamkit.encoders.transformer import SentenceTransformerEncoder
 from siamkit.errors import ConfigError
 from siamkit.model import CONFIG_FILE, Model, load
@@ -36,33 +42,80 @@ OPSET = 20  # torch.onnx's TorchScript exporter supports opsets up to 20
 QUANTIZE = ("int8",)
 
 
-class TextRnnGraph(nn.Module):
-    """A :class:`RecurrentTextEncoder` on (B, T) padded ids and (B,) lengths (eval mode).
+def _direction(rnn: nn.RNNBase, layer: int, suffix: str, input_size: int) -> nn.RNNBase:
+    """One direction of one layer of ``rnn`` as a one-layer, one-directional RNN (same weights)."""
+    single = type(rnn)(input_size, rnn.hidden_size, batch_first=True, bias=rnn.bias)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        if hasattr(single, f"{name}_l0"):
+            getattr(single, f"{name}_l0").data.copy_(getattr(rnn, f"{name}_l{layer}{suffix}"))
+    return single.eval()
 
-    Packed sequences do not export, so the RNN runs over the padded batch: for a one-directional
-    RNN the states of the real steps do not depend on the padding after them, and pooling reads
-    the real steps only (``last``: the state at step ``length - 1``), which is what
-    ``pack_padded_sequence`` computes.
+
+def _reverse_index(lengths: Tensor, steps: int) -> Tensor:
+    """(B, T) index reversing each row's first ``length`` steps and leaving the padding."""
+    t = torch.arange(steps, device=lengths.device)[None, :]
+    return torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[2]))
+
+
+class TextRnnGraph(nn.Module):
+    """A :class:`RecurrentTextEncoder` on (B, T) padded ids and (B,) lengths (eval mode), plus
+    (B, T, G) sub-word bucket ids and mask when the encoder has hashed sub-words.
+
+    Packed sequences do not export, so each direction of each layer runs as a one-directional
+    RNN over the padded batch: forwards on the steps as they are, backwards on each row's real
+    steps reversed in place (padding left at the end). The states of the real steps then equal
+    what ``pack_padded_sequence`` computes, and pooling reads the real steps only (``last``: the
+    forward state at step ``length - 1`` and the backward state at step 0).
     """
 
     def __init__(self, encoder: RecurrentTextEncoder) -> None:
         super().__init__()
         self.encoder = encoder
+        rnn = encoder.rnn
+        suffixes = ["", "_reverse"] if rnn.bidirectional else [""]
+        layers = []
+        for layer in range(rnn.num_layers):
+            size = rnn.input_size if layer == 0 else rnn.hidden_size * len(suffixes)
+            layers.append(nn.ModuleList(_direction(rnn, layer, s, size) for s in suffixes))
+        self.layers = nn.ModuleList(layers)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, ids: Tensor, lengths: Tensor, *subwords: Tensor) -> Tensor:  # noqa: D102
         enc = self.encoder
-        states, _ = enc.rnn(enc.embedding(ids))
-        steps = torch.arange(ids.shape[1], device=ids.device)
-        mask = steps[None, :] < lengths[:, None]
+        x = enc.embedding(ids)
+        if subwords:
+            bucket_ids, bucket_mask = subwords
+            vectors = enc.subwords.table.weight[bucket_ids] * bucket_mask[..., None]
+            x = x + vectors.sum(2) / bucket_mask.sum(2, keepdim=True).clamp_min(1.0)
+        reverse = _reverse_index(lengths, ids.shape[1])
+        finals = []
+        for directions in self.layers:
+            forward_states, _ = directions[0](x)
+            outputs, finals = [forward_states], [_at(forward_states, lengths - 1)]
+            if len(directions) == 2:
+                backward_states, _ = directions[1](_take(x, reverse))
+                backward_states = _take(backward_states, reverse)
+                outputs.append(backward_states)
+                finals.append(backward_states[:, 0])
+            x = torch.cat(outputs, 2) if len(outputs) == 2 else outputs[0]
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         if enc.pooling == "last":
-            out = states[torch.arange(ids.shape[0]), lengths - 1]
+            out = torch.cat(finals, 1) if len(finals) == 2 else finals[0]
         elif enc.pooling == "max":
-            out = masked_max(states, mask)
+            out = masked_max(x, mask)
         elif enc.pooling == "mean":
-            out = masked_mean(states, mask, lengths)
+            out = masked_mean(x, mask, lengths)
         else:
-            out = torch.cat([masked_max(states, mask), masked_mean(states, mask, lengths)], 1)
+            out = torch.cat([masked_max(x, mask), masked_mean(x, mask, lengths)], 1)
         return F.normalize(out, dim=1) if enc.normalize else out
+
+
+def _at(states: Tensor, steps: Tensor) -> Tensor:
+    """(B, T, D) states at one step per row -> (B, D)."""
+    return states[torch.arange(states.shape[0], device=states.device), steps]
 
 
 class SentenceTransformerGraph(nn.Module):
@@ -105,18 +158,23 @@ def _tensor_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tensor]
 
 def _text_rnn_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tensor], dict]:
     encoder = model.network.encoder
-    if encoder.rnn.bidirectional or encoder.subwords is not None:
-        what = "bidirectional" if encoder.rnn.bidirectional else "subword_buckets > 0"
-        raise ConfigError(
-            f"encoder 'text_rnn' with {what} cannot be exported to ONNX: its padded batch "
-            "would change the backward states (bidirectional) or its hashed sub-words are "
-            "computed in Python; export a one-directional text_rnn without sub-words"
-        )
-    ids, lengths = encoder.token_ids(["a sample text of five", "two"])
-    manifest = {"kind": "text_rnn", "inputs": ["input_ids", "lengths"],
-                "max_length": encoder.max_length}  # fmt: skip
+    texts = ["a sample text of five", "two"]
+    ids, lengths = encoder.token_ids(texts)
+    manifest: dict[str, Any] = {"kind": "text_rnn", "inputs": ["input_ids", "lengths"],
+                                "max_length": encoder.max_length}  # fmt: skip
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}}
-    return TextRnnGraph(encoder), manifest, [ids, lengths], axes
+    sample = [ids, lengths]
+    if encoder.subwords is not None:
+        from siamkit.runtime.preprocess import subword_buckets
+
+        buckets, sizes = encoder.subwords.buckets, list(encoder.subwords.sizes)
+        manifest |= {"subword_buckets": buckets, "subword_sizes": sizes}
+        manifest["inputs"] += ["subword_ids", "subword_mask"]
+        words = [tokenize(t) for t in texts]
+        bucket_ids, mask = subword_buckets(words, ids.shape[1], buckets, tuple(sizes))
+        sample += [torch.from_numpy(bucket_ids), torch.from_numpy(mask)]
+        axes |= {n: {0: "batch", 1: "tokens", 2: "pieces"} for n in manifest["inputs"][2:]}
+    return TextRnnGraph(encoder), manifest, sample, axes
 
 
 def _sentence_transformer_graph(model: Model, out: Path):

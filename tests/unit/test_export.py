@@ -143,15 +143,26 @@ def test_mlp_and_conv1d_match_eager(tmp_path):
     assert np.abs(exported.embed(list(signals)) - want).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize(("cell", "pooling", "layers"),
-                         [("lstm", "mean", 1), ("gru", "max", 2), ("lstm", "last", 2),
-                          ("gru", "max_mean", 1)])  # fmt: skip
-def test_text_rnn_matches_eager_on_stsb_sentences(cell, pooling, layers, tmp_path):
+RNN_CASES = [  # cell, pooling, layers, bidirectional, subword buckets
+    ("lstm", "mean", 1, False, 0),
+    ("gru", "max", 2, False, 0),
+    ("lstm", "last", 2, True, 0),
+    ("lstm", "max", 1, True, 500),  # as configs/stsb-lstm.yaml
+    ("gru", "max_mean", 2, True, 0),
+]
+
+
+@pytest.mark.parametrize(("cell", "pooling", "layers", "bidirectional", "buckets"), RNN_CASES)
+def test_text_rnn_matches_eager_on_stsb_sentences(
+    cell, pooling, layers, bidirectional, buckets, tmp_path
+):
     texts = sentences() + [""]
     vocab = Vocabulary.build(texts[:6])  # most words of the others are unknown
     spec = {"name": "text_rnn", "params": {"embedding_size": 16, "hidden_size": 12,
                                            "cell": cell, "pooling": pooling,
-                                           "num_layers": layers, "normalize": True}}  # fmt: skip
+                                           "num_layers": layers, "normalize": True,
+                                           "bidirectional": bidirectional,
+                                           "subword_buckets": buckets}}  # fmt: skip
     folder = save(tmp_path, spec, {"name": "cosine"}, None, vocabulary=vocab)
     diff, exported, _ = check_parity(folder, texts, tmp_path)
     assert diff <= TOLERANCE
@@ -207,12 +218,17 @@ def test_reference_scores_and_decisions_match_eager(tmp_path):
 
 
 def test_what_cannot_be_exported_is_a_clear_error(tmp_path):
-    vocab = Vocabulary.build(["a b c"])
-    spec = {"name": "text_rnn", "params": {"embedding_size": 4, "hidden_size": 4,
-                                           "bidirectional": True}}  # fmt: skip
-    folder = save(tmp_path, spec, {"name": "cosine"}, None, vocabulary=vocab)
-    with pytest.raises(ConfigError, match="'text_rnn' with bidirectional cannot be exported"):
-        export_onnx(folder, tmp_path / "x")
+    from siamkit.export import export_graph
+
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    folder = save(tmp_path, {"name": "mlp", "params": {"in_features": 3}}, {"name": "cosine"}, None)
+    model = siamkit.load(folder)
+    model.network.encoder = Custom()
+    with pytest.raises(ConfigError, match="encoder 'mlp' \\(Custom\\) cannot be exported"):
+        export_graph(model, tmp_path)
     image = save(tmp_path / "i", {"name": "conv4", "params": {"input_size": 16}},
                  {"name": "cosine"}, None)  # fmt: skip
     with pytest.raises(ConfigError, match="'conv4'.*no image preprocessing"):

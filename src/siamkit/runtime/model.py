@@ -91,7 +91,10 @@ class OnnxModel:
         self.preprocess = build_preprocess(self.config.preprocess)
         self.tokenizer: Any = None
         if self.kind == "text_rnn":
-            self.tokenizer = WordTokenizer(self.folder / "vocab.json", manifest["max_length"])
+            self.tokenizer = WordTokenizer(
+                self.folder / "vocab.json", manifest["max_length"],
+                manifest.get("subword_buckets", 0), manifest.get("subword_sizes", (3, 5)),
+            )  # fmt: skip
         elif self.kind == "sentence_transformer":
             self.tokenizer = PieceTokenizer(
                 self.folder / "tokenizer.json", manifest["max_length"], manifest["pad_id"],

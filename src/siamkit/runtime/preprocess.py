@@ -14,6 +14,7 @@ import io
 import json
 import re
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,22 +195,53 @@ def build_preprocess(spec: dict[str, Any] | None) -> Any:
     return cls(**spec.get("params", {}))
 
 
+def char_ngrams(word: str, sizes: tuple[int, int]) -> list[str]:
+    """fastText's sub-words of ``word`` (as :func:`siamkit.encoders.text.char_ngrams`)."""
+    marked = f"<{word}>"
+    grams = [marked[i : i + n] for n in range(sizes[0], sizes[1] + 1)
+             for i in range(len(marked) - n + 1)]  # fmt: skip
+    return [*grams, marked]
+
+
+def subword_buckets(
+    words: Sequence[Sequence[str]], length: int, buckets: int, sizes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, length, G) CRC-32 bucket ids of each word's n-grams and their (B, length, G) float mask
+    (G: the most n-grams of one word; padding words have none)."""
+    rows = [[[zlib.crc32(g.encode()) % buckets for g in char_ngrams(w, sizes)]
+             for w in sentence[:length]] for sentence in words]  # fmt: skip
+    most = max([len(w) for row in rows for w in row] + [1])
+    ids = np.zeros((len(rows), length, most), dtype=np.int64)
+    mask = np.zeros((len(rows), length, most), dtype=np.float32)
+    for b, row in enumerate(rows):
+        for t, pieces in enumerate(row):
+            ids[b, t, : len(pieces)] = pieces
+            mask[b, t, : len(pieces)] = 1.0
+    return ids, mask
+
+
 class WordTokenizer:
     """``text_rnn`` tokenisation: lower-cased words and punctuation -> ``vocab.json`` ids,
     padded to the longest text (at most ``max_length``; an empty text is one ``<pad>``)."""
 
-    def __init__(self, vocab_path: Path, max_length: int) -> None:
+    def __init__(
+        self,
+        vocab_path: Path,
+        max_length: int,
+        subword_buckets: int = 0,
+        subword_sizes: Sequence[int] = (3, 5),
+    ) -> None:
         try:
             words = json.loads(Path(vocab_path).read_text("utf-8"))["words"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{vocab_path}: expected JSON {{'words': [...]}}") from error
         self.index = {word: i for i, word in enumerate(words)}
         self.max_length = max_length
+        self.buckets, self.sizes = subword_buckets, (int(subword_sizes[0]), int(subword_sizes[1]))
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        ids = [
-            [self.index.get(t, 1) for t in TOKEN_PATTERN.findall(text.lower())] for text in texts
-        ]
+        words = [TOKEN_PATTERN.findall(text.lower()) for text in texts]
+        ids = [[self.index.get(t, 1) for t in tokens] for tokens in words]
         if any(len(seq) > self.max_length for seq in ids):
             warnings.warn(f"texts longer than max_length={self.max_length} tokens were truncated",
                           stacklevel=3)  # fmt: skip
@@ -217,7 +249,11 @@ class WordTokenizer:
         batch = np.zeros((len(ids), int(lengths.max())), dtype=np.int64)
         for row, seq in enumerate(ids):
             batch[row, : min(len(seq), self.max_length)] = seq[: self.max_length]
-        return {"input_ids": batch, "lengths": lengths}
+        arrays = {"input_ids": batch, "lengths": lengths}
+        if self.buckets:
+            pieces, mask = subword_buckets(words, batch.shape[1], self.buckets, self.sizes)
+            arrays |= {"subword_ids": pieces, "subword_mask": mask}
+        return arrays
 
 
 class PieceTokenizer:
