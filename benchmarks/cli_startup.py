@@ -121,9 +121,19 @@ def measure(
             "min_wall": round(min(w for w, _ in runs), 3),
             "median_cpu": round(statistics.median(c for _, c in runs), 3),
             "wall": [round(w, 3) for w, _ in runs],
+            "cpu": [round(c, 3) for _, c in runs],
         }
         for name, runs in samples.items()
     }
+
+
+def beyond(command: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """Median over rounds of ``command``'s time minus ``baseline``'s (wall and CPU)."""
+    return {
+        kind: round(statistics.median(a - b for a, b in zip(command[kind], baseline[kind],
+                                                                strict=True)), 3)
+        for kind in ("wall", "cpu")
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -181,8 +191,11 @@ def main() -> None:
                        for name, goal in checks.items()])
         for kind in ("wall", "cpu")
     )  # fmt: skip
-    rows = [{"command": name, **{k: v for k, v in t.items() if k != "wall"}}
+    rows = [{"command": name, **{k: v for k, v in t.items() if k not in ("wall", "cpu")}}
             for name, t in timings.items()]  # fmt: skip
+    beyond_torch = {name: beyond(timings[name], timings["import_torch"])
+                    for name in timings if name.startswith("verify")}  # fmt: skip
+    summary["verify_beyond_import_torch"] = beyond_torch
     env = environment(None, ["torch", "torchvision", "scikit-learn", "typer", "rich"])
     payload = {
         **summary, "verdict": verdict, "cpu_verdict": cpu_verdict, "timings": timings, **probes,
@@ -197,6 +210,9 @@ def main() -> None:
         "machine every figure, import torch included, grows alike; compare with import_torch.",
         f"`siamkit --help` leaves {probes['help_heavy_imports'] or 'none'} of {', '.join(HEAVY)} "
         f"imported; `siamkit people --help` {probes['people_help_heavy_imports'] or 'none'}.",
+        "verify beyond import torch (median over rounds of verify minus import torch, the part "
+        "siamkit adds; less sensitive to the machine's load): "
+        + "; ".join(f"{k}: wall {v['wall']} s, CPU {v['cpu']} s" for k, v in beyond_torch.items()),
         "Costliest top-level imports of `siamkit verify` (one -X importtime run, seconds): "
         + ", ".join(f"{k} {v}" for k, v in probes["verify_costly_imports"].items()),
     ]
