@@ -458,3 +458,19 @@ def test_inference_preparation_keeps_the_embeddings():
     assert fold_batch_norms(prepared) == 0  # all three were folded already
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_texts_embedded_in_length_sorted_chunks_keep_their_order(tmp_path, monkeypatch):
+    from siamkit.encoders.text import Vocabulary
+    from siamkit.serving import model as served
+
+    torch.manual_seed(0)
+    spec = {"name": "text_rnn", "params": {"embedding_size": 8, "hidden_size": 6}}
+    texts = ["a man plays a guitar " * (i % 4 + 1) + f"w{i}" for i in range(10)]
+    vocab = Vocabulary.build(texts)
+    net = SiameseNetwork(build_encoder(spec, vocabulary=vocab), HEADS.build(HEAD)).eval()
+    folder = siamkit.save_model(tmp_path / "text", net, spec, HEAD)
+    monkeypatch.setattr(served, "TEXT_CHUNK", 3)
+    model = served.ServedModel.load(folder, 1000)
+    expected = siamkit.load(folder).embed(texts)
+    assert torch.allclose(model.run(texts), expected, atol=1e-5)
