@@ -258,6 +258,12 @@ def baselines() -> dict[str, dict[str, dict[str, float]]]:
     return found
 
 
+def complete(runs: dict[str, dict], key: str) -> bool:
+    """Whether configuration ``key`` ran to its end (a stopped run, killed by a signal, keeps
+    the figures it had and is run again on resume)."""
+    return key in runs and runs[key]["returncode"] >= 0
+
+
 def margin(op: str, value: float, bound: float) -> float:
     """How far ``value`` is on the passing side of ``bound`` (negative: it fails)."""
     return value - bound if op in (">=", ">") else bound - value
@@ -439,14 +445,19 @@ def main(argv: list[str] | None = None) -> None:
     payload |= {"environment": environment(), "tree": str(args.tree),
                 "commit": commit_of(args.tree)}  # fmt: skip
     for other in args.merge:
-        for key, run in json.loads(other.read_text())["runs"].items():
-            payload["runs"].setdefault(key, run | {"merged_from": str(other)})
+        merged = json.loads(other.read_text())
+        for key, run in merged.get("runs", {}).items():
+            if not complete(payload["runs"], key):
+                payload["runs"][key] = run | {"merged_from": str(other)}
+        if "baselines" in merged:
+            payload["baselines"] = merged["baselines"]
+        payload.setdefault("merged", []).append(str(other))
     if args.baselines:
         payload["baselines"] = baselines()
         save(path, payload)
     if not args.report_only and not args.baselines:
         wanted = [(s, t) for t in args.threads for s in args.seeds]
-        todo = [c for c in wanted if args.redo or config_key(*c) not in payload["runs"]]
+        todo = [c for c in wanted if args.redo or not complete(payload["runs"], config_key(*c))]
         console.print(f"{len(todo)} of {len(wanted)} configurations to run")
 
         def one(config: tuple[int, int]) -> None:
