@@ -285,7 +285,8 @@ def declared_bounds(tree: Path, test_file: str) -> dict[str, dict[str, list]]:
         return {}
     finally:
         sys.path.remove(str(tree / "tests"))
-    return {t: {f: list(b) for f, b in figs.items()} for t, figs in module.BOUNDS.items()}
+    declared = getattr(module, "BOUNDS", {})
+    return {t: {f: list(b) for f, b in figs.items()} for t, figs in declared.items()}
 
 
 def current_bounds(tree: Path, runs: dict[str, dict]) -> dict[str, dict[str, list]]:
