@@ -175,6 +175,7 @@ async function renderPreview(zone) {
   const preview = $(".preview", zone);
   const files = Array.from(input.files || []);
   zone.classList.toggle("filled", files.length > 0);
+  for (const img of $$("img", preview)) if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   const thumbnails = await Promise.all(
     files.slice(0, 12).map(async (file) => {
       const url = await previewURL(file).catch(() => null);
@@ -187,18 +188,19 @@ async function renderPreview(zone) {
   preview.replaceChildren(...thumbnails, ...more);
   const names = files.map((f) => f.name);
   const hint = $(".drop-hint", zone);
-  hint.textContent = files.length
-    ? names.length > 2
+  if (files.length) {
+    hint.textContent = names.length > 2
       ? `${names.length} files: ${names.slice(0, 2).join(", ")}…`
-      : names.join(", ")
-    : hint.dataset.empty;
+      : names.join(", ");
+  } else {
+    hint.innerHTML = hint.dataset.emptyHtml;
+  }
   $("label", zone).title = names.join("\n");
 }
 
 function setupDropZone(zone) {
   const input = $("input[type=file]", zone);
   const hint = $(".drop-hint", zone);
-  hint.dataset.empty = hint.textContent;
   hint.dataset.emptyHtml = hint.innerHTML;
   input.addEventListener("change", () => renderPreview(zone));
   for (const type of ["dragenter", "dragover"]) {
