@@ -180,7 +180,8 @@ def _text_rnn_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tenso
 def _sentence_transformer_graph(model: Model, out: Path):
     encoder = model.network.encoder
     st = encoder.model
-    batch = st.tokenize(["a sample sentence for the export", "two"])
+    tokenize = getattr(st, "preprocess", None) or st.tokenize  # preprocess: sentence-transformers 6
+    batch = tokenize(["a sample sentence for the export", "two"])
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]
     tokenizer = st.tokenizer
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
