@@ -66,7 +66,7 @@ class Block:
 def runnable_blocks(page: Path) -> list[Block]:
     """The blocks of ``page`` marked runnable; a marker not followed by a fence is an error."""
     lines = page.read_text(encoding="utf-8").splitlines()
-    name = page.relative_to(ROOT).as_posix()
+    name = page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else str(page)
     blocks = []
     for i, line in enumerate(lines):
         marker = MARKER.match(line.strip())
@@ -141,16 +141,50 @@ def environment() -> dict[str, str]:
     return env
 
 
-def command(block: Block) -> list[str]:
+def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run one block in ``cwd``: python with this venv's interpreter, bash stopping at the first
+    failing command."""
     if block.language == "python":
-        return [sys.executable, "-c", block.code]
-    return ["bash", "-eo", "pipefail", "-c", block.code]
+        command = [sys.executable, "-c", block.code]
+    else:
+        command = ["bash", "-eo", "pipefail", "-c", block.code]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT[block.slow],
+    )
 
 
 def test_markers_are_found():
     """The README tour and the Python page are marked: a renamed marker must not pass silently."""
     marked = {block.page for block in BLOCKS}
     assert {"README.md", "docs/python.md"} <= marked, marked
+
+
+def test_a_failing_block_fails(tmp_path):
+    """The harness itself: a failing command anywhere in a bash block, or a raising python
+    block, is a non-zero exit; markers and fences are found as documented."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "text\n<!-- runnable -->\n```bash\nfalse\ntrue\n```\n\n```bash\nnot marked\n```\n"
+        "<!-- runnable slow -->\n```python\nraise SystemExit('boom')\n```\n"
+        "<!-- runnable -->\n```bash\necho fine | cat\n```\n",
+        encoding="utf-8",
+    )
+    blocks = runnable_blocks(page)
+    assert [(b.line, b.language, b.slow) for b in blocks] == [
+        (3, "bash", False),
+        (12, "python", True),
+        (16, "bash", False),
+    ]
+    codes = [run_block(block, tmp_path).returncode for block in blocks]
+    assert codes[0] != 0 and codes[1] != 0 and codes[2] == 0, codes
+    page.write_text("<!-- runnable -->\n```yaml\na: 1\n```\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not followed by a python/bash fence"):
+        runnable_blocks(page)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
@@ -160,14 +194,7 @@ def test_runnable_block(block: Block, workspaces):
     for match in DATASET.finditer(block.code):
         dataset_or_skip(match["name"])
     cwd = workspaces(block.page)
-    done = subprocess.run(
-        command(block),
-        cwd=cwd,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT[block.slow],
-    )
+    done = run_block(block, cwd)
     assert done.returncode == 0, (
         f"{block.id} ({block.language}) exited with {done.returncode} in {cwd}\n"
         f"--- code\n{block.code}--- stdout (end)\n{done.stdout[-3000:]}\n"
