@@ -180,6 +180,7 @@ def test_verify_two_photos_of_one_person_shows_same_with_the_models_score(page, 
     assert shown["threshold"] == pytest.approx(model.threshold, abs=2e-3)
     assert shown["decision"] == "same" and shown["word"] == "Same", shown
     # the PGM previews are decoded on the page (browsers do not draw PGM)
+    page.locator("#panel-verify .thumb img").nth(1).wait_for()
     assert page.locator("#panel-verify .thumb img").count() == 2
     save_screenshot(page, "web_page_verify", "serve_page")
 
@@ -266,7 +267,7 @@ def test_drop_zones_work_from_the_keyboard_and_by_drag_and_drop(page, faces):
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
     chooser.value.set_files(str(root / "s1" / "4.pgm"))
-    assert "4.pgm" in page.locator("#panel-verify .drop-hint").first.inner_text()
+    page.locator("label[for=verify-a] .drop-hint", has_text="4.pgm").wait_for()
     # a drop event carrying a file lands in the second input
     data = (root / "s1" / "5.pgm").read_bytes()
     transfer = page.evaluate_handle(

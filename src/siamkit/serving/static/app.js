@@ -174,7 +174,17 @@ async function renderPreview(zone) {
   const input = $("input[type=file]", zone);
   const preview = $(".preview", zone);
   const files = Array.from(input.files || []);
+  const names = files.map((f) => f.name);
+  const hint = $(".drop-hint", zone);
   zone.classList.toggle("filled", files.length > 0);
+  $("label", zone).title = names.join("\n");
+  if (files.length) {
+    hint.textContent = names.length > 2
+      ? `${names.length} files: ${names.slice(0, 2).join(", ")}…`
+      : names.join(", ");
+  } else {
+    hint.innerHTML = hint.dataset.emptyHtml;
+  }
   for (const img of $$("img", preview)) if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   const thumbnails = await Promise.all(
     files.slice(0, 12).map(async (file) => {
@@ -186,16 +196,6 @@ async function renderPreview(zone) {
   );
   const more = files.length > 12 ? [el("span", { class: "more", text: `+${files.length - 12}` })] : [];
   preview.replaceChildren(...thumbnails, ...more);
-  const names = files.map((f) => f.name);
-  const hint = $(".drop-hint", zone);
-  if (files.length) {
-    hint.textContent = names.length > 2
-      ? `${names.length} files: ${names.slice(0, 2).join(", ")}…`
-      : names.join(", ");
-  } else {
-    hint.innerHTML = hint.dataset.emptyHtml;
-  }
-  $("label", zone).title = names.join("\n");
 }
 
 function setupDropZone(zone) {
