@@ -474,3 +474,23 @@ def test_texts_embedded_in_length_sorted_chunks_keep_their_order(tmp_path, monke
     model = served.ServedModel.load(folder, 1000)
     expected = siamkit.load(folder).embed(texts)
     assert torch.allclose(model.run(texts), expected, atol=1e-5)
+
+
+def test_serve_command_refuses_bad_starts_in_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    from siamkit.cli import main
+
+    monkeypatch.delenv("SIAMKIT_API_KEYS", raising=False)
+    monkeypatch.delenv("SIAMKIT_READONLY_API_KEYS", raising=False)
+    monkeypatch.delenv("SIAMKIT_API_KEYS_FILE", raising=False)
+    assert main(["serve", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: not a model folder" in capsys.readouterr().err
+    assert main(["serve", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "no API key is configured" in err and len(err.strip().splitlines()) == 1
+    keys = tmp_path / "keys"
+    keys.write_text("ro:\n")
+    assert main(["serve", str(model_dir), "--api-keys-file", str(keys)]) == 1
+    assert "line 1: empty key" in capsys.readouterr().err
+    monkeypatch.setenv("SIAMKIT_MAX_ITEMS", "0")
+    assert main(["serve", str(model_dir), "--no-auth"]) == 1
+    assert "max_items" in capsys.readouterr().err
