@@ -41,7 +41,7 @@ def choose_pair_threshold(scores: Any, labels: Any, rule: ThresholdRule = "accur
         return f1_threshold(np.asarray(scores), np.asarray(labels))
     if rule in ("accuracy", "eer"):
         return choose_threshold(scores, labels, rule)
-    raise DataError(f"threshold rule: expected 'accuracy', 'f1' or 'eer', got {rule!r}")
+    raise DataError(f"threshold rule: expected 'eer', 'accuracy' or 'f1', got {rule!r}")
 
 
 def paraphrase_threshold(
