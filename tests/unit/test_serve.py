@@ -155,6 +155,8 @@ def test_index_and_search(client):
     assert top["results"][0]["id"] == "thirteen.png"
     mismatch = client.post("/v1/index", files=files, data={"ids": "only,two"})
     assert mismatch.status_code == 400 and "one per file" in mismatch.json()["detail"]
+    nobody = client.post("/v1/identify", files={"file": ("q.png", png(11))})
+    assert nobody.status_code == 409 and "no identity is enrolled" in nobody.json()["detail"]
 
 
 def test_gallery_survives_a_restart(model_dir, tmp_path):

@@ -12,6 +12,7 @@ faster on one CPU thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -140,6 +141,8 @@ class ServedModel:
 
     def verdict(self, score: float, threshold: float | None) -> dict[str, Any]:
         """The verify body: score, threshold and decision (null without a threshold)."""
+        if not math.isfinite(score):
+            raise DataError(f"the model gave a non-finite score ({score}) for these inputs")
         decision = None if threshold is None else ("same" if score >= threshold else "different")
         return {"score": score, "threshold": threshold, "decision": decision}
 

@@ -7,11 +7,12 @@ import asyncio
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from torch import Tensor
 
-from siamkit.errors import GalleryError
+from siamkit.errors import DataError, GalleryError
 from siamkit.serving.auth import require_read, require_write
 from siamkit.serving.batcher import Finish
 from siamkit.serving.inputs import (
@@ -94,6 +95,8 @@ def _pair(server: Any) -> Finish:
 
 
 def _as_body(emb: Tensor) -> dict[str, Any]:
+    if not torch.isfinite(emb).all():
+        raise DataError("the model gave non-finite embeddings for these inputs")
     return {"embeddings": emb.tolist(), "dim": int(emb.shape[1])}
 
 
@@ -244,6 +247,8 @@ async def identify(
         found = await gallery.identify(probe, k, threshold)
     except GalleryError as error:
         raise HTTPException(409, " ".join(str(error).split())) from error
+    if not found.candidates:  # only indexed items, no enrolled identity
+        raise HTTPException(409, "no identity is enrolled in the gallery: enroll someone first")
     candidates = [{"name": c.identity, "score": c.score} for c in found.candidates]
     return JSONResponse({"identity": found.identity, "score": found.score,
                          "threshold": threshold, "candidates": candidates})  # fmt: skip
