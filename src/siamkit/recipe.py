@@ -26,6 +26,7 @@ from siamkit.encoders import build_encoder
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.evaluation.fewshot import FewShotResult, evaluate_episodes
 from siamkit.evaluation.plots import roc_plot, score_histogram
+from siamkit.evaluation.seen_classes import recorded_classes
 from siamkit.evaluation.verification import (
     choose_threshold,
     pair_scores,
@@ -177,7 +178,8 @@ def run_recipe(
         ]
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, head_spec, default_preprocess(splits),
-        threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test},
+        threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test,
+                          "seen_classes": recorded_classes(splits)},
     )  # fmt: skip
     result = RecipeResult(model_dir, history, threshold, test, fewshot, plots)
     atomic_write_text(out_dir / "report.json", json.dumps(result_summary(result), indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from siamkit.cli import main
@@ -30,6 +32,9 @@ def test_train_then_verify_and_eval(tmp_path, capsys):
     for name in ("config.json", "model.safetensors"):
         assert (model / name).is_file()
     assert (out / "roc.png").is_file() and (out / "report.json").is_file()
+    # the model names the classes it trained and validated on, for `siamkit eval` on other data
+    seen = json.loads((model / "config.json").read_text())["extra"]["seen_classes"]
+    assert seen["train"] == list("012345") and seen["test"] == list("6789")  # digits' split
     # verify two digit images written from the test set
     from siamkit.data.datasets import build_dataset
     from siamkit.demo import write_examples

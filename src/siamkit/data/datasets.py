@@ -91,8 +91,17 @@ def image_folder(
     return split_classes(read_image_folder(data_dir, size, mode), fractions, seed)
 
 
+def register_readers() -> None:
+    """Import the reader modules (they register their datasets; imported on first use because
+    they pull in scikit-learn, torchvision and pytorch-metric-learning)."""
+    import siamkit.data.faces  # noqa: F401
+    import siamkit.data.omniglot  # noqa: F401
+    import siamkit.data.signatures  # noqa: F401
+
+
 def build_dataset(name: str, data_dir: str | Path | None = None, **params: Any) -> Splits:
     """Read dataset ``name`` with its reader's ``params``."""
+    register_readers()
     return DATASETS.build(
         {"name": name, "params": params}, data_dir=Path(data_dir) if data_dir else None
     )

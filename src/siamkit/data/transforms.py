@@ -8,17 +8,19 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import v2
 
 from siamkit.errors import ConfigError, DataError
 from siamkit.registry import ComponentSpec, Registry
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 PREPROCESSORS: Registry[Any] = Registry("preprocessor")
 MAX_IMAGE_PIXELS = 50_000_000
@@ -29,6 +31,8 @@ def build_augmentation(specs: Sequence[ComponentSpec | dict[str, Any]] | None) -
     ``[{"name": "RandomAffine", "params": {"degrees": 10}}]``; ``None`` for no augmentation."""
     if not specs:
         return None
+    from torchvision.transforms import v2
+
     steps = []
     for raw in specs:
         spec = raw if isinstance(raw, ComponentSpec) else ComponentSpec.model_validate(raw)
@@ -146,6 +150,8 @@ class ImagePreprocessor:
     def one(self, source: Any) -> Tensor:
         """One input -> (C, H, W) float tensor."""
         if isinstance(source, Tensor):
+            from torchvision.transforms import v2
+
             x = source.float() / 255 if not source.is_floating_point() else source
             return v2.functional.resize(self.frame(x), list(self.size), antialias=True)
         image = open_image(source, self.mode)

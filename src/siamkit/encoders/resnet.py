@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchvision
 from torch import Tensor, nn
 
 from siamkit.encoders.base import Encoder
@@ -29,6 +28,8 @@ class ResNetEncoder(Encoder):
         normalize: bool = False,
     ) -> None:
         super().__init__(normalize)
+        import torchvision
+
         self.in_channels = in_channels
         net = torchvision.models.get_model(arch, weights=weights)
         if in_channels != 3 or small_input:

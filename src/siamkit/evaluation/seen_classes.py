@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from siamkit.errors import DataError, SiamkitError
+from siamkit.recipe_schema import SENTENCE_PAIR_DATASETS
 
 if TYPE_CHECKING:
     from siamkit.data.labelled import Splits
@@ -207,7 +208,8 @@ def seen_classes(model: Model) -> SeenClasses | None:
                 None if test is None else frozenset(test),
             )  # fmt: skip
     recipe = extra.get("recipe") or {}
-    if recipe.get("data", {}).get("name"):
+    name = recipe.get("data", {}).get("name")
+    if name and name not in SENTENCE_PAIR_DATASETS:  # sentence pairs have no classes
         return _from_recipe(recipe)
     return None
 
