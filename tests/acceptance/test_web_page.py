@@ -223,6 +223,24 @@ def test_enroll_then_identify_another_photo_of_them(page, faces):
     assert page.locator("#people-list .person-name").all_inner_texts() == ["s3", "s4"]
 
 
+def test_one_image_against_references(page, faces):
+    _, root = faces
+    page.get_by_label("one image against references").check()
+    assert page.get_by_label("First image").is_hidden()
+    assert page.get_by_label("two texts").is_hidden()  # an image model: no text mode offered
+    page.get_by_label("Questioned image").set_input_files(str(root / "s7" / "10.pgm"))
+    references = [str(root / "s7" / f"{i}.pgm") for i in (1, 2, 3, 4)]
+    page.get_by_label("Reference images").set_input_files(references)
+    page.get_by_role("button", name="Verify", exact=True).click()
+    verdict = page.locator("#verify-result .verdict")
+    verdict.wait_for()
+    result = page.locator("#verify-result")
+    assert result.locator("[data-field=references]").inner_text() == "4"
+    assert result.locator("[data-field=aggregate]").inner_text()  # the model's aggregate, named
+    assert verdict.get_attribute("data-decision") == "same"
+    save_screenshot(page, "web_page_references")
+
+
 def test_errors_show_as_one_readable_line(page, faces):
     _, root = faces
     page.get_by_label("API key").fill("")

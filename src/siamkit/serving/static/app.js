@@ -258,6 +258,7 @@ function scoreBar(score, threshold, [low, high] = scaleOf([score, threshold])) {
 /** A value the model may add later (probability, interval, explanation...), shown readably. */
 function renderValue(key, value) {
   if (typeof value === "number") {
+    if (Number.isInteger(value)) return String(value);
     if (/prob|confidence|p_same/i.test(key) && value >= 0 && value <= 1) return percent(value);
     return fmt(value);
   }
@@ -396,6 +397,15 @@ async function onVerify(event) {
       const b = $("#text-b").value.trim();
       need(a && b, "Write both texts first.");
       data = await api("v1/similarity", { json: { a, b } });
+    } else if (verifyMode() === "references") {
+      const questioned = $("#verify-questioned").files[0];
+      const references = Array.from($("#verify-references").files);
+      need(questioned, "Choose the questioned image first.");
+      need(references.length >= 2, "Choose at least two reference images.");
+      const body = new FormData();
+      body.append("questioned", questioned, questioned.name);
+      for (const file of references) body.append("references", file, file.name);
+      data = await api("v1/verify", { form: body });
     } else {
       const a = $("#verify-a").files[0];
       const b = $("#verify-b").files[0];
@@ -483,7 +493,9 @@ function isTextModel(info) {
 /** Fit the page to the served model: text boxes for a text model (whose gallery endpoints
  * take no images), a note where a gallery is needed and the server has none. */
 function adaptTo(info) {
-  if (isTextModel(info)) {
+  const kind = isTextModel(info) ? "text" : info.kind === "image" ? "image" : null;
+  if (kind) for (const label of $$("fieldset.mode label[data-kind]")) label.hidden = label.dataset.kind !== kind;
+  if (kind === "text") {
     defaultMode = "texts";
     setVerifyMode(defaultMode);
     for (const id of ["tab-identify", "tab-enroll"]) $(`#${id}`).hidden = true;
