@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,17 +11,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from siamkit.errors import ConfigError, DataError
+from siamkit.imaging import MAX_IMAGE_PIXELS, open_image  # noqa: F401  (re-exported)
 from siamkit.registry import ComponentSpec, Registry
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
 PREPROCESSORS: Registry[Any] = Registry("preprocessor")
-MAX_IMAGE_PIXELS = 50_000_000
 
 
 def build_augmentation(specs: Sequence[ComponentSpec | dict[str, Any]] | None) -> v2.Compose | None:
@@ -48,54 +46,6 @@ def build_augmentation(specs: Sequence[ComponentSpec | dict[str, Any]] | None) -
                 f"augmentation {spec.name!r}: bad params {spec.params}: {error}"
             ) from error
     return v2.Compose(steps)
-
-
-def open_image(
-    source: str | Path | bytes | Image.Image | np.ndarray,
-    mode: str,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-    name: str | None = None,
-) -> Image.Image:
-    """Open a file or encoded bytes (or take an image/array) as a PIL image in ``mode`` ("L" or
-    "RGB").
-
-    Transparent pixels of RGBA images are composited onto white. Raises :class:`DataError` naming
-    the file (or ``name``) when it cannot be read as an image, or when it has more than
-    ``max_pixels`` pixels: a decompression bomb is refused from its header, before decoding.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
-        image = Image.fromarray(source)
-    else:
-        image = _decode(source, max_pixels, name)
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert(mode)
-
-
-def _decode(source: str | Path | bytes, max_pixels: int, name: str | None) -> Image.Image:
-    """Decode an image file or bytes, refusing more than ``max_pixels`` pixels."""
-    encoded = isinstance(source, bytes | bytearray | memoryview)
-    where = name or ("uploaded image" if encoded else str(source))
-    too_large = f"{where}: image of {{}} pixels is larger than the limit of {max_pixels} pixels"
-    try:
-        image = Image.open(io.BytesIO(source) if encoded else Path(source))
-        if image.width * image.height > max_pixels:
-            raise DataError(too_large.format(f"{image.width}x{image.height}"))
-        image.load()
-    except FileNotFoundError as error:
-        raise DataError(f"{where}: no such file") from error
-    except Image.DecompressionBombError as error:  # Pillow's own limit, checked in Image.open
-        size = re.search(r"\((\d+) pixels\)", str(error))
-        raise DataError(too_large.format(size.group(1) if size else "too many")) from error
-    except UnidentifiedImageError as error:
-        raise DataError(f"{where}: not a readable image (not a format Pillow knows)") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{where}: not a readable image ({error})") from error
-    return image
 
 
 class ImagePreprocessor:

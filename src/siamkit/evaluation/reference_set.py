@@ -26,6 +26,7 @@ from torch import Tensor
 from siamkit.data.signatures import SignatureSet
 from siamkit.errors import DataError
 from siamkit.evaluation.verification import choose_threshold, verification_report
+from siamkit.saved_thresholds import saved_reference_threshold  # noqa: F401  (re-exported)
 
 AGGREGATES = ("mean", "max", "centroid")
 NORMALISATIONS = ("none", "spread")
@@ -184,19 +185,6 @@ def score_against_references(
         model.network.head, embeddings[:1], embeddings[None, 1:], normalisation
     )
     return {name: float(values[0]) for name, values in aggregated.items()}
-
-
-def saved_reference_threshold(extra: dict[str, Any], k: int, aggregate: str) -> float | None:
-    """The threshold a model saved for ``k`` references and ``aggregate``: the one chosen on
-    validation writers for that K (or the nearest saved K), else the model's main reference
-    thresholds, else ``None``."""
-    by_k = {int(key): value for key, value in extra.get("reference_thresholds_by_k", {}).items()}
-    if by_k:
-        chosen = by_k[min(by_k, key=lambda saved: (abs(saved - k), saved))]
-    else:
-        chosen = extra.get("reference_thresholds", {})
-    value = chosen.get(aggregate)
-    return None if value is None else float(value)
 
 
 def choose_reference_thresholds(

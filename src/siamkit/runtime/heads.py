@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from siamkit.errors import ConfigError, DataError
+from siamkit.saved_thresholds import saved_reference_threshold  # noqa: F401  (re-exported)
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> None:
@@ -75,15 +76,3 @@ def reference_aggregates(
     between = head.score(np.repeat(refs, k, axis=0), np.tile(refs, (k, 1))).reshape(k, k)
     spread = max(float((-between[~np.eye(k, dtype=bool)]).mean()), 1e-6)
     return {name: value / spread for name, value in out.items()}
-
-
-def saved_reference_threshold(extra: dict[str, Any], k: int, aggregate: str) -> float | None:
-    """The threshold saved for ``k`` references and ``aggregate`` (nearest saved K), else the
-    model's reference thresholds, else ``None`` (as ``siamkit verify --references``)."""
-    by_k = {int(key): value for key, value in extra.get("reference_thresholds_by_k", {}).items()}
-    if by_k:
-        chosen = by_k[min(by_k, key=lambda saved: (abs(saved - k), saved))]
-    else:
-        chosen = extra.get("reference_thresholds", {})
-    value = chosen.get(aggregate)
-    return None if value is None else float(value)

@@ -10,7 +10,6 @@ package for a sentence-transformer. Nothing in this module imports torch.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import warnings
@@ -20,50 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
+from siamkit.imaging import open_image
 
-MAX_IMAGE_PIXELS = 50_000_000
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")  # the same pattern as siamkit.encoders.text
 SIGNATURE_MIN_SIDE, SIGNATURE_MAX_SIDE = 8, 2048
-
-
-def open_image(source: Any, mode: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """A file, encoded bytes, PIL image or uint8 array as a PIL image in ``mode`` ("L"/"RGB");
-    transparency composited onto white; more than ``max_pixels`` pixels refused from the header."""
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
-        image = Image.fromarray(source)
-    elif isinstance(source, str | Path | bytes | bytearray | memoryview):
-        image = _decode(source, max_pixels)
-    else:
-        raise DataError(f"expected an image path, bytes, PIL image or array, got "
-                        f"{type(source).__name__}")  # fmt: skip
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert(mode)
-
-
-def _decode(source: str | Path | bytes, max_pixels: int) -> Image.Image:
-    encoded = isinstance(source, bytes | bytearray | memoryview)
-    where = "uploaded image" if encoded else str(source)
-    try:
-        image = Image.open(io.BytesIO(source) if encoded else Path(source))  # type: ignore[arg-type]
-        if image.width * image.height > max_pixels:
-            raise DataError(f"{where}: image of {image.width}x{image.height} pixels is larger "
-                            f"than the limit of {max_pixels} pixels")  # fmt: skip
-        image.load()
-    except FileNotFoundError as error:
-        raise DataError(f"{where}: no such file") from error
-    except Image.DecompressionBombError as error:
-        raise DataError(f"{where}: image larger than the limit of {max_pixels} pixels") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{where}: not a readable image ({error})") from error
-    return image
 
 
 def _channels_first(pixels: np.ndarray) -> np.ndarray:
