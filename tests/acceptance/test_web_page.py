@@ -55,7 +55,9 @@ def faces(tmp_path_factory) -> tuple[Path, Path]:
     raw = load_recipe(CONFIG).model_dump(mode="json")
     raw["training"]["epochs"] = 8
     raw["evaluation"] |= {"plots": False, "val_pairs": 500, "test_pairs": 500}
-    result = run_recipe(parse_recipe(raw), tmp_path_factory.mktemp("faces"), show_progress=False)
+    result = run_recipe(
+        parse_recipe(raw), tmp_path_factory.mktemp("faces", numbered=False), show_progress=False
+    )
     return result.model_dir, root
 
 

@@ -518,7 +518,9 @@ async function watchServer() {
       const info = await response.json().catch(() => ({}));
       if (response.ok) {
         status.dataset.state = "ready";
-        status.textContent = info.kind ? `ready: ${info.kind} model` : "ready";
+        const kind = info.kind ? `${info.kind} model` : "";
+        const name = typeof info.model === "string" ? info.model : "";
+        status.textContent = `ready${name || kind ? ": " : ""}${[name, kind && (name ? `(${kind})` : kind)].filter(Boolean).join(" ")}`;
         status.title = Object.entries(info).map(([k, v]) => `${k}: ${v}`).join("\n");
         adaptTo(info);
         return;
