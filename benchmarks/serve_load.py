@@ -323,20 +323,14 @@ def run_scenario(
 
 
 def mean_batch_size(metrics: str) -> float | None:
-    """The mean of the server's batch-size histogram (``*batch_size*_sum / _count``), if any."""
-    sums, counts = {}, {}
-    for line in metrics.splitlines():
-        if line.startswith("#") or "batch" not in line.split("{")[0].split(" ")[0]:
-            continue
-        name, _, value = line.rpartition(" ")
-        metric = name.split("{")[0]
-        if metric.endswith("_sum"):
-            sums[metric[:-4]] = sums.get(metric[:-4], 0.0) + float(value)
-        elif metric.endswith("_count"):
-            counts[metric[:-6]] = counts.get(metric[:-6], 0.0) + float(value)
-    for metric, count in counts.items():
-        if count and metric in sums:
-            return round(sums[metric] / count, 2)
+    """Inputs per forward pass on average: the server's ``siamkit_batch_size`` histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "siamkit_batch_size":
+            values = {s.name: s.value for s in family.samples}
+            count = values.get("siamkit_batch_size_count")
+            return round(values["siamkit_batch_size_sum"] / count, 2) if count else None
     return None
 
 
