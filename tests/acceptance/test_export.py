@@ -25,6 +25,21 @@ from siamkit.runtime import load_onnx
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_PACKAGES = ["onnxruntime", "numpy", "pillow", "tokenizers"]
+# Parity is exact up to float rounding (measured max abs diff 2.4-2.7e-07 on both tasks, 0 pairs
+# decided differently); a wrong graph, layout or preprocessing gives differences of order 0.1-1.
+# int8 moved the faces EER by 0.00-0.03 points and the STS-B Spearman by 0.14 points.
+BOUNDS = {
+    "test_faces_parity_and_int8_eer": {
+        "max_abs_diff_fp32": ("<=", 1e-4),
+        "pairs_decided_differently_fp32": ("<=", 0),
+        "int8_eer_delta_points": ("<=", 1.0),
+    },
+    "test_minilm_parity_on_stsb_test_pairs": {
+        "max_abs_diff_fp32": ("<=", 1e-4),
+        "pairs_decided_differently_fp32": ("<=", 0),
+        "int8_spearman_delta_points": ("<=", 2.0),
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +69,15 @@ def test_faces_parity_and_int8_eer(faces_model, tmp_path, figures):
     eager = eager_model.embed(files).numpy()
     fp32 = load_onnx(export_onnx(faces_model, tmp_path / "fp32")).embed(files)
     int8 = load_onnx(export_onnx(faces_model, tmp_path / "int8", quantize="int8")).embed(files)
-    figures.check("max_abs_diff_fp32", np.abs(fp32 - eager).max(), "<=", 1e-4)
+    figures.check("max_abs_diff_fp32", np.abs(fp32 - eager).max())
     threshold = eager_model.threshold
     same = pair_decisions(fp32, threshold) == pair_decisions(eager, threshold)
-    figures.check("pairs_decided_differently_fp32", (~same).sum(), "<=", 0, f"of {same.size}")
+    figures.check("pairs_decided_differently_fp32", (~same).sum(), f"of {same.size}")
     eer = {name: 100 * verification_metrics(x, labels)["eer"]
            for name, x in (("fp32", fp32), ("int8", int8))}  # fmt: skip
     figures.note("eer_fp32_percent", eer["fp32"])
     figures.note("eer_int8_percent", eer["int8"])
-    figures.check("int8_eer_delta_points", abs(eer["int8"] - eer["fp32"]), "<=", 1.0)
+    figures.check("int8_eer_delta_points", abs(eer["int8"] - eer["fp32"]))
 
 
 def test_minilm_parity_on_stsb_test_pairs(tmp_path, figures):
@@ -88,17 +103,17 @@ def test_minilm_parity_on_stsb_test_pairs(tmp_path, figures):
         got = model.embed(texts)
         scores[name] = model.head.score(got[:n], got[n:])
         if name == "fp32":
-            figures.check("max_abs_diff_fp32", np.abs(got - want).max(), "<=", 1e-4)
+            figures.check("max_abs_diff_fp32", np.abs(got - want).max())
             eager_scores = eager.network.head.score
     import torch
 
     with torch.no_grad():
         reference = eager_scores(torch.from_numpy(want[:n]), torch.from_numpy(want[n:])).numpy()
     differ = (scores["fp32"] >= 0.6) != (reference >= 0.6)
-    figures.check("pairs_decided_differently_fp32", differ.sum(), "<=", 0, f"of {n}")
+    figures.check("pairs_decided_differently_fp32", differ.sum(), f"of {n}")
     rho = {k: 100 * spearmanr(v, pairs.scores.numpy()).statistic for k, v in scores.items()}
     figures.note("spearman_fp32", rho["fp32"])
-    figures.check("int8_spearman_delta_points", abs(rho["int8"] - rho["fp32"]), "<=", 2.0)
+    figures.check("int8_spearman_delta_points", abs(rho["int8"] - rho["fp32"]))
 
 
 def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
