@@ -2,10 +2,12 @@
 real server (uvicorn on 127.0.0.1) on a faces model trained briefly on AT&T faces. A person
 verifies two photos of one person, enrolls someone and identifies them from another photo, sees
 errors as one readable line, and can do it all at phone width (390 px). Screenshots go to
-``runs/artifacts/web_page_*.png`` and the docs' copies to ``docs/img/serve_page*.png``."""
+``runs/artifacts/web_page_*.png``; with ``SIAMKIT_DOCS_SCREENSHOTS=1`` they also refresh the docs'
+copies in ``docs/img/serve_page*.png`` (off by default, so a test run leaves the tree clean)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -149,7 +151,7 @@ def save_screenshot(page, name: str, docs_name: str | None = None, full_page: bo
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
-    if docs_name:
+    if docs_name and os.environ.get("SIAMKIT_DOCS_SCREENSHOTS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_IMG / f"{docs_name}.png")
     return path
