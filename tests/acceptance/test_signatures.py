@@ -15,15 +15,16 @@ pytestmark = pytest.mark.acceptance
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "signatures.yaml"
 EPOCHS, BATCHES_PER_EPOCH = 2, 24  # about two minutes of training at 155x220 on two cores
 
-# Measured spread: benchmarks/results/test_spread.md (training seeds 0-2 x torch threads 1-2);
-# broken models: `python benchmarks/test_spread.py --baselines`.
+# Measured spread (benchmarks/results/test_spread.md): training seeds 0 and 1 with 1 thread
+# (2-thread runs did not finish in time); broken models: `benchmarks/test_spread.py --baselines`.
 BOUNDS = {
     "test_short_training_beats_25_percent_skilled_eer_on_unseen_writers": {
-        # fold 0's test writers, K = 5 references: trained SPREAD_SKILLED; the untrained Conv-4
-        # through the same protocol 0.219 (shift-averaged random features already tell writers)
-        "skilled_eer": ("<=", 0.25),
-        # writer identity is learnt, not forgery cues: trained SPREAD_RANDOM; untrained 0.981,
-        # so this only catches a collapsed model
+        # fold 0's test writers, K = 5 references: trained 0.089-0.098 (seeds 0-1, 1 thread);
+        # the untrained Conv-4 through the same protocol 0.219 (shift-averaged random features
+        # already tell writers apart), which the former bound of 0.25 let pass
+        "skilled_eer": ("<=", 0.16),
+        # writer identity is learnt, not forgery cues: trained 0.993-0.995; untrained 0.981, so
+        # this only catches a collapsed model (skilled_eer is the check that training worked)
         "random_auc": (">", 0.8),
     },
 }
