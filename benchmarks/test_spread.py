@@ -381,6 +381,8 @@ def markdown(payload: dict[str, Any]) -> str:
         + markdown_table(figure_rows(runs, payload.get("bounds")))
         + "\n## Durations (seconds, same run order; 1-thread runs went two at a time)\n\n"
         + markdown_table(duration_rows(runs))
+        + "".join(f"\n- {note}" for note in payload.get("notes", []))
+        + ("\n" if payload.get("notes") else "")
         + baselines_markdown(payload.get("baselines", {}))
         + f"\nMachine: {env['machine']}; Python {env['python']}; "
         + ", ".join(f"{p} {v}" for p, v in env["versions"].items())
@@ -453,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         if "baselines" in merged:
             payload["baselines"] = merged["baselines"]
         payload.setdefault("merged", []).append(str(other))
+    if args.note is not None:
+        payload["notes"] = args.note
     if args.baselines:
         payload["baselines"] = baselines()
         save(path, payload)

@@ -44,9 +44,10 @@ def test_interval_refuses_impossible_counts(accepted, trials, confidence):
         far_interval(accepted, trials, confidence)
 
 
-def test_probe_far_is_one_minus_the_chance_every_comparison_rejects():
-    assert probe_far(0.01, 6) == pytest.approx(1 - 0.99**6)
-    assert probe_far(0.01, 6) < 6 * 0.01
+def test_probe_far_is_the_union_bound_over_the_enrolled():
+    assert probe_far(0.01, 6) == pytest.approx(0.06)
+    assert probe_far(0.01, 6) > 1 - 0.99**6  # independent comparisons accept less often
+    assert probe_far(0.3, 6) == 1.0
     assert probe_far(0.0, 6) == 0.0 and probe_far(0.2, 0) == 0.0
     with pytest.raises(DataError, match="probe_far"):
         probe_far(1.5, 3)

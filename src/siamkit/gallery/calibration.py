@@ -58,14 +58,15 @@ def far_interval(accepted: int, trials: int, confidence: float = 0.95) -> tuple[
 
 
 def probe_far(pair_far: float, enrolled: int) -> float:
-    """The open-set false-accept rate of one stranger probed against ``enrolled`` people when
-    each comparison accepts independently with ``pair_far``: ``1 - (1 - pair_far) ** enrolled``
-    (just under ``enrolled x pair_far`` for small rates)."""
+    """The most a stranger probed against ``enrolled`` people can be falsely accepted when each
+    comparison accepts with ``pair_far``: ``enrolled x pair_far`` capped at 1, whatever the
+    dependence between the comparisons (Boole's inequality; independent ones would give
+    ``1 - (1 - pair_far) ** enrolled``, just under it)."""
     if not 0 <= pair_far <= 1 or enrolled < 0:
         raise DataError(
             f"probe_far: need pair_far in [0, 1] and enrolled >= 0, got {pair_far}, {enrolled}"
         )
-    return 1 - (1 - pair_far) ** enrolled
+    return min(1.0, enrolled * pair_far)
 
 
 def impostor_cosines(embeddings: Any, labels: Any) -> np.ndarray:
