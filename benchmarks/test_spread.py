@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
+        "--note", action="append", help="a note for the report (replaces the stored notes)"
+    )
+    parser.add_argument(
         "--merge",
         type=Path,
         nargs="+",
