@@ -34,8 +34,9 @@ BOUNDS = {
         # trained 0.907-0.928; raw pixels 0.831, untrained Conv-4 0.824
         "rank1": (">=", 0.87),
         # trained 0.069-0.085; raw pixels 0.113, untrained Conv-4 (flip-averaged) 0.098: EER
-        # alone does not tell an untrained net, rank-1 and "identified" do
-        "eer": ("<=", 0.10),
+        # alone does not tell an untrained net, rank-1 and "identified" do; 0.11 keeps a margin of
+        # 1.5x the seeds' spread above the worst trained run
+        "eer": ("<=", 0.11),
         # enrolled people's probes identified at the calibrated threshold: trained 0.880-0.926;
         # untrained Conv-4 0.713, raw pixels 0.833 (the former bound of 2/3 let both pass)
         "identified": (">=", 0.80),

