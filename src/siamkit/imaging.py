@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from siamkit.errors import DataError
+from siamkit.errors import ConfigError, DataError
 
 MAX_IMAGE_PIXELS = 50_000_000
 
@@ -70,3 +71,20 @@ def _decode(source: str | Path | bytes, max_pixels: int, name: str | None) -> Im
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{where}: not a readable image ({error})") from error
     return image
+
+
+def checked_framing(
+    size: Sequence[int], mode: str, crop: Sequence[float]
+) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+    """``(size, crop)`` of an image preprocessor as (H, W) ints and 4 floats, or a
+    :class:`~siamkit.errors.ConfigError` naming a mode other than "L"/"RGB" or a crop that is not
+    4 fractions (top, bottom, left, right) in [0, 0.5)."""
+    if mode not in ("L", "RGB"):
+        raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
+    if len(crop) != 4 or not all(0 <= c < 0.5 for c in crop):
+        raise ConfigError(
+            f"image crop: expected 4 fractions (top, bottom, left, right) in [0, 0.5), "
+            f"got {list(crop)}"
+        )
+    top, bottom, left, right = (float(c) for c in crop)
+    return (int(size[0]), int(size[1])), (top, bottom, left, right)

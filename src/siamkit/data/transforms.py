@@ -15,7 +15,11 @@ from PIL import Image
 from torch import Tensor
 
 from siamkit.errors import ConfigError, DataError
-from siamkit.imaging import MAX_IMAGE_PIXELS, open_image  # noqa: F401  (re-exported)
+from siamkit.imaging import (  # noqa: F401  (MAX_IMAGE_PIXELS, open_image re-exported)
+    MAX_IMAGE_PIXELS,
+    checked_framing,
+    open_image,
+)
 from siamkit.registry import ComponentSpec, Registry
 
 if TYPE_CHECKING:
@@ -66,15 +70,8 @@ class ImagePreprocessor:
         crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
         pad_square: bool = False,
     ) -> None:
-        if mode not in ("L", "RGB"):
-            raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
-        if len(crop) != 4 or not all(0 <= c < 0.5 for c in crop):
-            raise ConfigError(
-                f"image crop: expected 4 fractions (top, bottom, left, right) in [0, 0.5), "
-                f"got {list(crop)}"
-            )
-        self.size, self.mode, self.invert = (int(size[0]), int(size[1])), mode, invert
-        self.crop, self.pad_square = tuple(float(c) for c in crop), pad_square
+        self.size, self.crop = checked_framing(size, mode, crop)
+        self.mode, self.invert, self.pad_square = mode, invert, pad_square
 
     @property
     def spec(self) -> ComponentSpec:

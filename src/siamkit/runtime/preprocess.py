@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from siamkit.errors import CheckpointError, ConfigError, DataError
-from siamkit.imaging import open_image
+from siamkit.imaging import checked_framing, open_image
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")  # the same pattern as siamkit.encoders.text
 SIGNATURE_MIN_SIDE, SIGNATURE_MAX_SIDE = 8, 2048
@@ -44,10 +44,8 @@ class ImagePreprocess:
         crop: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
         pad_square: bool = False,
     ) -> None:
-        if mode not in ("L", "RGB"):
-            raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
-        self.size, self.mode, self.invert = (int(size[0]), int(size[1])), mode, invert
-        self.crop, self.pad_square = tuple(float(c) for c in crop), pad_square
+        self.size, self.crop = checked_framing(size, mode, crop)
+        self.mode, self.invert, self.pad_square = mode, invert, pad_square
 
     def frame(self, pixels: np.ndarray) -> np.ndarray:
         """Crop fractions of the (top, bottom, left, right) edges, then centre on a black square."""
