@@ -10,6 +10,7 @@ given sentence pairs (STS-B, MRPC) share the schema and are run by :mod:`siamkit
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from siamkit.recipe_schema import (  # noqa: F401  (the schema is part of this m
 )
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
-from siamkit.training import History, fit, last_epoch_weights
+from siamkit.training import EpochCallback, History, fit, last_epoch_weights
 
 
 @dataclass
@@ -131,13 +132,15 @@ def run_recipe(
     resume: bool = False,
     data_dir: str | Path | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> RecipeResult:
     """Train, calibrate, evaluate and save as the recipe says; outputs go under ``out_dir``.
+    ``callbacks`` are called after every epoch (see :data:`siamkit.training.EpochCallback`).
     Sentence-pair recipes are run by :func:`siamkit.text.training.run_text_recipe`."""
     if recipe.sentence_pairs:
         from siamkit.text.training import run_text_recipe
 
-        return run_text_recipe(recipe, out_dir, resume, data_dir, show_progress)
+        return run_text_recipe(recipe, out_dir, resume, data_dir, show_progress, callbacks)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
@@ -154,7 +157,7 @@ def run_recipe(
     history = fit(
         network, loss, build_batches(recipe, loss, splits.train), training, out_dir,
         validate=_monitored(validate, evaluation.monitor), monitor=evaluation.monitor,
-        resume=resume, show_progress=show_progress,
+        resume=resume, show_progress=show_progress, callbacks=callbacks,
     )  # fmt: skip
     keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()

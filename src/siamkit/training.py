@@ -30,6 +30,10 @@ from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.siamese import SiameseNetwork
 
 Validate = Callable[[SiameseNetwork], dict[str, float]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with its index and record (loss, validation metrics, seconds), once
+the checkpoint is saved: experiment trackers log it, a tuner reports it and may stop the run by
+raising (e.g. ``optuna.TrialPruned``), which ``fit`` lets through."""
 
 
 class BatchSource(Protocol):
@@ -292,6 +296,7 @@ def fit(
     monitor: str = "auc",
     resume: bool = False,
     show_progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> History:
     """Train ``network`` on ``batches`` with ``loss``; return the :class:`History`.
 
@@ -301,7 +306,8 @@ def fit(
     ``early_stopping_patience`` epochs without improvement. Ctrl-C stops after saving, and the
     run can be resumed. On return the network holds the best weights (last ones without
     validation). With ``config.ema_decay`` the moving average of the weights is what is
-    validated, kept as best and returned.
+    validated, kept as best and returned. Each of ``callbacks`` is called with
+    ``(epoch, record)`` after every epoch's checkpoint.
     """
     out_dir = Path(out_dir)
     checkpoints = _Checkpoints(out_dir / "checkpoint")
@@ -350,6 +356,8 @@ def fit(
             history.epochs.append(record)
             checkpoints.save(network, loss, optimizer, schedule, history, epoch, average)
             atomic_write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
+            for callback in callbacks:
+                callback(epoch, record)
     except KeyboardInterrupt:
         history.interrupted = True
     finally:

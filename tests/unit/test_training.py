@@ -25,14 +25,14 @@ def network() -> SiameseNetwork:
     return SiameseNetwork(encoder, HEADS.build({"name": "euclidean"}))
 
 
-def train(blobs, out, epochs=3, resume=False, **config):
+def train(blobs, out, epochs=3, resume=False, callbacks=(), **config):
     net = network()
     loss = build_loss({"name": "contrastive"}, net)
     batches = PairBatches(blobs, pairs_per_epoch=256, batch_size=32, seed=0)
     validate = verification_validator(blobs, n_pairs=200)
     settings = TrainConfig(epochs=epochs, **{"lr": 0.003, **config})
     history = fit(net, loss, batches, settings, out, validate=validate, resume=resume,
-                  show_progress=False)  # fmt: skip
+                  show_progress=False, callbacks=callbacks)  # fmt: skip
     return net, history
 
 
@@ -197,3 +197,22 @@ def test_last_epoch_weights_are_the_average_when_training_kept_one(blobs, tmp_pa
         assert torch.equal(weights[key], value)
     raw = json.loads((tmp_path / "history.json").read_text())
     assert len(raw["epochs"]) == 2
+
+
+def test_fit_calls_each_callback_after_every_epoch_and_lets_its_exception_through(blobs, tmp_path):
+    """A tracker sees every epoch's record; a tuner stops a run by raising from its callback."""
+    seen: list[int] = []
+    train(blobs, tmp_path / "a", epochs=3, callbacks=[lambda epoch, record: seen.append(epoch)])
+    assert seen == [0, 1, 2]
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, record: dict) -> None:
+        assert "auc" in record and "loss" in record
+        raise Stop(epoch)
+
+    with pytest.raises(Stop):
+        train(blobs, tmp_path / "b", epochs=3, callbacks=[stop])
+    saved = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert len(saved["epochs"]) == 1  # stopped after the first epoch, its checkpoint kept

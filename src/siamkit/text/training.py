@@ -42,7 +42,7 @@ from siamkit.siamese import SiameseNetwork
 from siamkit.text.paraphrase import ThresholdRule, choose_pair_threshold, paraphrase_report
 from siamkit.text.similarity import evaluate_sts, similarity
 from siamkit.text_losses import ScoredPairLoss, binarize
-from siamkit.training import fit
+from siamkit.training import EpochCallback, fit
 
 
 def pair_data(recipe: TrainRecipe) -> SentencePairData:
@@ -133,6 +133,7 @@ def run_text_recipe(
     resume: bool = False,
     data_dir: str | Path | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> RecipeResult:
     """Train, calibrate, evaluate on the test split and save the model under ``out_dir``
     (what :func:`siamkit.recipe.run_recipe` does for a sentence-pair recipe)."""
@@ -153,6 +154,7 @@ def run_text_recipe(
     history = fit(
         network, loss, batches, config, out_dir, validate=pair_validator(splits),
         monitor=evaluation.monitor, resume=resume, show_progress=show_progress,
+        callbacks=callbacks,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
     keep_weights(network, evaluation.keep, history, out_dir)
