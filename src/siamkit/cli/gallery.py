@@ -53,11 +53,13 @@ def identify(
     """Who is in IMAGE: the top-k enrolled identities, or "unknown" below the threshold."""
     import siamkit
     from siamkit.gallery import Gallery
-    from siamkit.gallery.images import cosine_threshold, identify_files
+    from siamkit.gallery.images import cosine_threshold, identify_files, sized_gallery_threshold
 
     loaded = siamkit.load(model)
-    t = cosine_threshold(loaded) if threshold is None else threshold
     with Gallery.open(gallery) as g:
+        size = len(g.identities())
+        sized = sized_gallery_threshold(loaded, size) if threshold is None else None
+        t = threshold if threshold is not None else cosine_threshold(loaded, size)
         answer = identify_files(loaded, g, [image], k=k, threshold=t)[0]
     rows = [{"rank": i + 1, "identity": c.identity, "score": c.score}
             for i, c in enumerate(answer.candidates)]  # fmt: skip
@@ -65,6 +67,20 @@ def identify(
     decision = answer.identity if answer.identity is not None else "unknown"
     shown = "none" if t is None else f"{t:.4f}"
     console.print(f"identity: {decision} (score {answer.score:.4f}, threshold {shown})")
+    if sized is not None:
+        console.print(describe_sized(sized))
+        if sized["warning"]:
+            console.print(f"[yellow]warning:[/yellow] {sized['warning']}")
+
+
+def describe_sized(row: dict) -> str:
+    """One line: which gallery size's threshold was used and the FAR interval behind it."""
+    how = "interpolated between calibrated sizes" if row["interpolated"] else "calibrated"
+    return (
+        f"threshold for a gallery of {row['gallery_size']} people ({how}; table size "
+        f"{row['size']}): {row['far']:.2%} of stranger probes accepted, the calibration data "
+        f"support {row['far_low']:.2%}-{row['far_high']:.2%} ({row['trials']} stranger probes)"
+    )
 
 
 @app.command()
@@ -147,15 +163,50 @@ def search(
 @app.command("gallery-threshold")
 def gallery_threshold(
     model: ModelArg,
-    far: Annotated[float, typer.Option(help="Impostor pairs to accept (fraction).")] = 0.01,
+    far: Annotated[
+        float, typer.Option(help="Share of stranger probes to accept, at each gallery size.")
+    ] = 0.01,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="0: calibrate on the recipe's validation people; K >= 2: cross-fit K models "
+            "on the training + validation people (K trainings) and calibrate on all of them."
+        ),
+    ] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs per cross-fitted model (default: recipe's).")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Cross-fitting work folder (default: MODEL.crossfit).")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
 ) -> None:
-    """Set MODEL's open-set threshold at FAR on its recipe's validation people (unseen in
-    training); `identify` then uses it to answer "unknown"."""
+    """Set MODEL's open-set thresholds: per gallery size G, the cosine at which FAR of the
+    stranger probes (people never enrolled) are accepted, calibrated on people the model never
+    trained on; `identify` then uses the one for the gallery's size."""
     from siamkit.gallery.calibration import calibrate_model
 
-    found = calibrate_model(model, far=far, data_dir=data_dir)
+    found = calibrate_model(
+        model, far=far, data_dir=data_dir, folds=folds, epochs=epochs, work_dir=work_dir,
+        show_progress=True,
+    )  # fmt: skip
+    source = f"{folds} cross-fitted folds" if folds else "validation people"
+    print_table(
+        f"thresholds per gallery size ({found['trials']} stranger probes of {found['people']} "
+        f"{source})",
+        [{"people enrolled": r["size"], "cosine": r["cosine"],
+          "FAR 95% interval": f"{r['far_low']:.2%}-{r['far_high']:.2%}",
+          "note": "extrapolated" if r["extrapolated"] else ""}
+         for r in found["sizes"] if r["size"] in SHOWN_SIZES],
+    )  # fmt: skip
     console.print(
-        f"gallery threshold {found['cosine']:.4f} (cosine) accepts {100 * far:g}% of "
-        f"{found['pairs']} impostor pairs of {found['people']} validation people; saved in {model}"
+        f"gallery threshold {found['cosine']:.4f} (cosine, 1 person enrolled) accepts "
+        f"{100 * far:g}% of {found['pairs']} impostor pairs of {found['people']} "
+        f"{'people' if folds else 'validation people'}; at every size, {100 * far:g}% of "
+        f"stranger probes; saved in {model}"
     )
+    if found["warning"]:
+        console.print(f"[yellow]warning:[/yellow] {found['warning']}")
+
+
+SHOWN_SIZES = {1, 2, 5, 6, 10, 20, 50, 100, 1000}

@@ -1,16 +1,21 @@
 """The open-set threshold of a gallery: the cosine above which a probe is taken as enrolled.
 
-A model's own threshold sits at the equal error rate of its validation pairs: right for deciding
-one pair, far too lenient for a gallery, where a probe is compared with every enrolled person and
-the best impostor score decides. :func:`calibrate_model` sets a stricter one: the cosine that
-accepts at most ``far`` (default 1%) of the impostor pairs among the validation people of the
-model's recipe (people never trained on), and stores it in the model folder's ``config.json``
-(``extra["gallery_threshold"]``), where :func:`siamkit.gallery.images.cosine_threshold` finds it.
-With G people enrolled, expect an open-set false-accept rate of up to about G x ``far``.
+The contract: the rate asked for (``far``, default 1%) is the share of *stranger probes* accepted
+(a stranger is accepted when their best score over the enrolled people reaches the threshold) at
+the gallery's current size G. :func:`calibrate_model` derives one threshold per gallery size (see
+:mod:`siamkit.gallery.openset`) from people the model never trained on: its recipe's validation
+people (``folds=0``), or every training + validation person through cross-fitted models
+(``folds=K``, see :mod:`siamkit.gallery.crossfit`). It stores the table, the FAR interval the
+calibration data support and a warning when they cannot support the rate asked, in the model
+folder's ``config.json`` (``extra["gallery_threshold"]``), where
+:func:`siamkit.gallery.images.cosine_threshold` finds the threshold for a gallery's size.
+``extra["gallery_threshold"]["cosine"]`` is the size-1 threshold (a pair rate), which folders
+calibrated before the per-size table also hold: those keep working with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ import numpy as np
 from siamkit.checkpoint import atomic_write_text
 from siamkit.errors import CheckpointError, DataError
 from siamkit.gallery import unit_vectors
+from siamkit.gallery.openset import SIZES, probe_scores, size_table, support_warning
 from siamkit.model import CONFIG_FILE, load, read_config
 
 KEY = "gallery_threshold"
@@ -77,35 +83,75 @@ def impostor_cosines(embeddings: Any, labels: Any) -> np.ndarray:
     return np.einsum("nd,nd->n", x[i[different]], x[j[different]])
 
 
-def calibrate_model(
-    folder: str | Path, far: float = 0.01, data_dir: str | Path | None = None
-) -> dict:
-    """Set the gallery threshold of the model in ``folder`` on its recipe's validation people.
+def calibrate_groups(
+    groups: Sequence[tuple[Any, Any]], far: float = 0.01, sizes: Sequence[int] = SIZES
+) -> dict[str, Any]:
+    """The per-size open-set calibration of ``groups`` of (embeddings, labels), each the people
+    one model never trained on: ``{"cosine" (size 1), "far", "contract", "people", "pairs",
+    "trials", "sizes": [rows of :class:`~siamkit.gallery.openset.SizedThreshold`], "warning"}``;
+    ``warning`` (or None) speaks for the size-6 row, the faces benchmark's gallery."""
+    scored = [probe_scores(x, y) for x, y in groups]
+    table = size_table(scored, far, sorted({1, *sizes}))
+    pairs = sum(len(impostor_cosines(x, y)) for x, y in groups)
+    reference = min(table, key=lambda r: abs(r["size"] - 6))
+    return {
+        "cosine": table[0]["cosine"],
+        "far": far,
+        "contract": "stranger probes accepted at the gallery's size",
+        "people": sum(len(np.unique(np.asarray(y))) for _, y in groups),
+        "pairs": pairs,
+        "trials": sum(s.probes for s in scored),
+        "groups": len(scored),
+        "sizes": table,
+        "warning": support_warning(reference),
+    }
 
-    Returns (and stores in ``config.json``) ``{"cosine", "far", "people", "pairs"}``.
+
+def calibrate_model(
+    folder: str | Path,
+    far: float = 0.01,
+    data_dir: str | Path | None = None,
+    folds: int = 0,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+    sizes: Sequence[int] = SIZES,
+    show_progress: bool = False,
+) -> dict:
+    """Set the gallery thresholds (one per gallery size) of the model in ``folder``.
+
+    ``folds=0``: on the recipe's validation people, scored by the model itself (no training).
+    ``folds=K >= 2``: on every training + validation person, each scored by a model trained
+    (fine-tuned, for a pre-trained recipe) by the recipe without that person's fold, for
+    ``epochs`` (default: the recipe's); the folds' work goes to ``work_dir`` (default
+    ``<folder>.crossfit`` beside the model folder) and an interrupted run resumes there.
+    Returns (and stores in ``config.json``) what :func:`calibrate_groups` returns, plus
+    ``folds`` and ``epochs``.
     """
     from siamkit.data.datasets import build_dataset
     from siamkit.evaluation.embedding import embed_all
 
     folder = Path(folder)
     model = load(folder)
-    recipe = model.config.extra.get("recipe", {})
-    data = recipe.get("data")
+    raw = model.config.extra.get("recipe", {})
+    data = raw.get("data")
     if not data:
         raise CheckpointError(
             f"{folder}: no training recipe recorded in config.json; cannot find validation people"
         )
-    splits = build_dataset(
-        data["name"], data_dir or recipe.get("data_dir"), **data.get("params", {})
-    )
-    val = splits.val.require_nonempty("the recipe's validation split")
-    scores = impostor_cosines(embed_all(model.network, val.items).numpy(), val.labels.numpy())
-    found = {
-        "cosine": threshold_at_far(scores, far),
-        "far": far,
-        "people": len(val.class_ids()),
-        "pairs": len(scores),
-    }
+    if folds:
+        from siamkit.gallery.crossfit import crossfit_groups
+        from siamkit.recipe_schema import parse_recipe
+
+        recipe = parse_recipe(raw, f"{folder}/config.json recipe")
+        work = Path(work_dir) if work_dir else folder.with_name(folder.name + ".crossfit")
+        groups = crossfit_groups(recipe, folds, work, epochs, data_dir, show_progress)
+    else:
+        splits = build_dataset(
+            data["name"], data_dir or raw.get("data_dir"), **data.get("params", {})
+        )
+        val = splits.val.require_nonempty("the recipe's validation split")
+        groups = [(embed_all(model.network, val.items).numpy(), val.labels.numpy())]
+    found = calibrate_groups(groups, far, sizes) | {"folds": folds, "epochs": epochs}
     config = read_config(folder)
     config.extra[KEY] = found
     atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))

@@ -2,7 +2,8 @@
 
 The gallery compares unit-length embeddings by cosine similarity. :func:`cosine_threshold` gives
 the threshold below which a probe is "unknown": the gallery threshold stored in the model folder
-by :func:`siamkit.gallery.calibration.calibrate_model` if there is one, else the model's pair
+by :func:`siamkit.gallery.calibration.calibrate_model` if there is one (for the gallery's size:
+:func:`identify_files` passes it), else the model's pair
 threshold turned into a cosine (a cosine head's as it is; a euclidean head on L2-normalised
 embeddings converts ``-d`` to ``1 - d^2 / 2``).
 """
@@ -23,13 +24,27 @@ from siamkit.gallery.calibration import KEY
 from siamkit.model import Model
 
 
-def cosine_threshold(model: Model) -> float | None:
+def sized_gallery_threshold(model: Model, gallery_size: int) -> dict | None:
+    """The calibrated threshold for a gallery of ``gallery_size`` people with the size and FAR
+    interval it rests on (see :func:`siamkit.gallery.openset.threshold_for_size`), or ``None``
+    when the model folder holds no per-size table (not calibrated, or by an old version)."""
+    from siamkit.gallery.openset import threshold_for_size
+
+    calibrated = model.config.extra.get(KEY)
+    if not calibrated or not calibrated.get("sizes"):
+        return None
+    return threshold_for_size(calibrated, gallery_size)
+
+
+def cosine_threshold(model: Model, gallery_size: int | None = None) -> float | None:
     """The gallery threshold the model folder holds (see
-    :func:`siamkit.gallery.calibration.calibrate_model`), else the model's pair threshold as a
-    cosine similarity; ``None`` if it has neither."""
+    :func:`siamkit.gallery.calibration.calibrate_model`): for ``gallery_size`` enrolled people
+    when given and the folder has a per-size table, else its size-1 (pair) threshold; without a
+    calibration, the model's pair threshold as a cosine similarity; ``None`` if it has neither."""
     calibrated = model.config.extra.get(KEY)
     if calibrated is not None:
-        return float(calibrated["cosine"])
+        sized = None if gallery_size is None else sized_gallery_threshold(model, gallery_size)
+        return float(calibrated["cosine"] if sized is None else sized["cosine"])
     t = model.threshold
     if t is None:
         return None
@@ -66,9 +81,11 @@ def identify_files(
     k: int = 5,
     threshold: float | None = None,
 ) -> list[Identification]:
-    """Top-``k`` identities per probe file; "unknown" below ``threshold`` (default: the model's,
-    as a cosine, see :func:`cosine_threshold`)."""
-    t = cosine_threshold(model) if threshold is None else threshold
+    """Top-``k`` identities per probe file; "unknown" below ``threshold`` (default: the model's
+    for the gallery's current number of identities, as a cosine, see :func:`cosine_threshold`)."""
+    if threshold is None:
+        threshold = cosine_threshold(model, len(gallery.identities()))
+    t = threshold
     return gallery.identify(embed_files(model, files), k=k, threshold=t)
 
 
