@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
+from siamkit.calibration import Calibrator, Probability, require_calibration, saved_calibration
 from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights, save_tensors
 from siamkit.data.transforms import build_preprocessor
 from siamkit.encoders import build_encoder
@@ -23,10 +24,12 @@ from siamkit.errors import CheckpointError, DataError
 from siamkit.heads import HEADS
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
+from siamkit.two_tower import TwoTowerNetwork
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: two-tower folders (encoder_b); single-encoder folders are still written as 1
+TOWER_B_ASSETS = "tower_b"  # sub-folder of tower b's encoder files (a vocabulary...)
 
 
 class ModelConfig(BaseModel):
@@ -40,47 +43,90 @@ class ModelConfig(BaseModel):
     threshold: float | None = None
     encoder_assets: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
+    encoder_b: ComponentSpec | None = None  # a two-tower model's second tower
+    preprocess_b: ComponentSpec | None = None
+    encoder_b_assets: bool = False
 
 
 class Model:
     """A loaded siamese model: ``embed`` raw inputs, ``score`` pairs, ``decide`` at the threshold.
 
     Inputs are whatever the preprocessing accepts: image paths, PIL images or arrays for image
-    models, strings for text models, vectors for vector models.
+    models, WAV paths for audio models, strings for text models, vectors for vector models. A
+    two-tower model sends each input to the tower whose preprocessing accepts it (see
+    :meth:`tower_of`), so ``score(["seven"], ["7_theo_0.wav"])`` compares a word with a recording.
     """
 
-    def __init__(self, network: SiameseNetwork, config: ModelConfig) -> None:
+    def __init__(self, network: SiameseNetwork | TwoTowerNetwork, config: ModelConfig) -> None:
         self.network = network.eval()
         self.config = config
-        spec = config.preprocess
-        self.preprocess = None if spec is None else build_preprocessor(spec)
+        spec, spec_b = config.preprocess, config.preprocess_b
+        self.preprocess = None if spec is None else _preprocessor(spec)
+        self.preprocess_b = None if spec_b is None else _preprocessor(spec_b)
+
+    @property
+    def two_tower(self) -> bool:
+        """Whether this model has two towers (two encoders, one space)."""
+        return isinstance(self.network, TwoTowerNetwork)
+
+    def tower_of(self, item: Any) -> str:
+        """The tower (``"a"`` or ``"b"``) of a two-tower model that takes ``item``: the one whose
+        preprocessing accepts it (an audio preprocessor takes ``.wav`` paths, an image one
+        existing files), else the tower without preprocessing (raw strings, e.g. text)."""
+        towers = (("b", self.preprocess_b), ("a", self.preprocess))
+        for name, pre in towers:
+            if pre is not None and _accepts(pre, item):
+                return name
+        for name, pre in towers:
+            if pre is None and isinstance(item, str):
+                return name
+        raise DataError(f"{item!r}: neither tower of this two-tower model takes this input")
 
     @property
     def threshold(self) -> float | None:
         """Scores at or above the threshold are judged "same"; ``None`` if never calibrated."""
         return self.config.threshold
 
-    def prepare(self, inputs: Sequence[Any]) -> Any:
+    def prepare(self, inputs: Sequence[Any], tower: str = "a") -> Any:
         """Raw inputs -> one model batch (the saved preprocessing, or the inputs as they are)."""
         if len(inputs) == 0:
             raise DataError("no inputs given")
-        if self.preprocess is None:
+        pre = self.preprocess_b if tower == "b" else self.preprocess
+        if pre is None:
             return inputs if isinstance(inputs, Tensor) else list(inputs)
-        return self.preprocess(inputs)
+        return pre(inputs)
 
     @torch.no_grad()
-    def embed(self, inputs: Sequence[Any], batch_size: int = 128) -> Tensor:
-        """Embeddings (N, D) of raw inputs, computed in batches."""
+    def embed(
+        self, inputs: Sequence[Any], batch_size: int = 128, tower: str | None = None
+    ) -> Tensor:
+        """Embeddings (N, D) of raw inputs, computed in batches. A two-tower model embeds each
+        input with ``tower`` ("a" or "b"), by default the tower that takes it (:meth:`tower_of`)."""
         if len(inputs) == 0:
             raise DataError("no inputs given")
+        if self.two_tower and tower is None:
+            return self._embed_routed(inputs, batch_size)
         device = next(self.network.parameters()).device
         parts = []
         for start in range(0, len(inputs), batch_size):
-            batch = self.prepare(inputs[start : start + batch_size])
+            batch = self.prepare(inputs[start : start + batch_size], tower or "a")
             if isinstance(batch, Tensor):
                 batch = batch.to(device)
-            parts.append(self.network.embed(batch).float().cpu())
+            embedded = self.network.embed(batch, tower) if tower else self.network.embed(batch)
+            parts.append(embedded.float().cpu())
         return torch.cat(parts)
+
+    def _embed_routed(self, inputs: Sequence[Any], batch_size: int) -> Tensor:
+        """Each input embedded by the tower that takes it, in the order given."""
+        towers = [self.tower_of(x) for x in inputs]
+        out: Tensor | None = None
+        for name in dict.fromkeys(towers):
+            where = [i for i, t in enumerate(towers) if t == name]
+            part = self.embed([inputs[i] for i in where], batch_size, tower=name)
+            out = part.new_zeros(len(inputs), part.shape[1]) if out is None else out
+            out[where] = part
+        assert out is not None
+        return out
 
     @torch.no_grad()
     def score(self, a: Sequence[Any], b: Sequence[Any]) -> Tensor:
@@ -100,6 +146,21 @@ class Model:
             raise CheckpointError("this model has no calibrated threshold; evaluate it first")
         return scores >= self.threshold
 
+    def calibration(self, k: int | None = None, aggregate: str = "mean") -> Calibrator | None:
+        """The saved score -> P(same) map (pairs, or ``k`` references and ``aggregate``), or
+        ``None`` for a folder saved without one."""
+        return saved_calibration(self.config.extra, k, aggregate)
+
+    def probability(
+        self, scores: Any, k: int | None = None, aggregate: str = "mean"
+    ) -> Probability:
+        """P(same) of each score with its bootstrap interval: ``p, low, high =
+        model.probability(model.score(a, b))``; ``k``/``aggregate`` for reference-set scores.
+        Raises :class:`CheckpointError` ("not calibrated") when the folder has no map; see
+        :mod:`siamkit.calibration`."""
+        values = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores
+        return require_calibration(self.calibration(k, aggregate)).probability(values)
+
 
 def save_model(
     folder: str | Path,
@@ -109,20 +170,36 @@ def save_model(
     preprocess: ComponentSpec | dict[str, Any] | None = None,
     threshold: float | None = None,
     extra: dict[str, Any] | None = None,
+    encoder_b: ComponentSpec | dict[str, Any] | None = None,
+    preprocess_b: ComponentSpec | dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``network`` and how to rebuild it into ``folder``; returns the folder."""
+    """Write ``network`` and how to rebuild it into ``folder``; returns the folder. A
+    :class:`~siamkit.two_tower.TwoTowerNetwork` also needs its second tower's ``encoder_b``
+    spec (and ``preprocess_b``); ``encoder`` and ``preprocess`` describe tower a."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    has_assets = hasattr(network.encoder, "save_assets")
+    two = isinstance(network, TwoTowerNetwork)
+    if two != (encoder_b is not None):
+        raise CheckpointError("save_model: give encoder_b exactly when saving a two-tower network")
+    first = network.encoder_a if two else network.encoder
+    has_assets = hasattr(first, "save_assets")
     if has_assets:
-        network.encoder.save_assets(folder)
+        first.save_assets(folder)
+    b_assets = two and hasattr(network.encoder_b, "save_assets")
+    if b_assets:
+        (folder / TOWER_B_ASSETS).mkdir(exist_ok=True)
+        network.encoder_b.save_assets(folder / TOWER_B_ASSETS)
     config = ModelConfig(
+        format_version=FORMAT_VERSION if two else 1,
         encoder=ComponentSpec.model_validate(encoder),
         head=ComponentSpec.model_validate(head),
         preprocess=None if preprocess is None else ComponentSpec.model_validate(preprocess),
         threshold=threshold,
         encoder_assets=has_assets,
         extra=extra or {},
+        encoder_b=None if encoder_b is None else ComponentSpec.model_validate(encoder_b),
+        preprocess_b=None if preprocess_b is None else ComponentSpec.model_validate(preprocess_b),
+        encoder_b_assets=b_assets,
     )
     save_tensors(folder / WEIGHTS_FILE, network.state_dict(), {"format": "siamkit"})
     atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))
@@ -149,11 +226,34 @@ def read_config(folder: Path) -> ModelConfig:
     return config
 
 
-def build_network(config: ModelConfig, assets_dir: Path | None = None) -> SiameseNetwork:
-    """The (untrained) network a config describes."""
+def build_network(
+    config: ModelConfig, assets_dir: Path | None = None
+) -> SiameseNetwork | TwoTowerNetwork:
+    """The (untrained) network a config describes (two towers when it names ``encoder_b``)."""
     extra = {"assets_dir": assets_dir} if config.encoder_assets and assets_dir else {}
     encoder = build_encoder(config.encoder, **extra)
-    return SiameseNetwork(encoder, HEADS.build(config.head))
+    if config.encoder_b is None:
+        return SiameseNetwork(encoder, HEADS.build(config.head))
+    extra_b = {}
+    if config.encoder_b_assets and assets_dir:
+        extra_b = {"assets_dir": assets_dir / TOWER_B_ASSETS}
+    encoder_b = build_encoder(config.encoder_b, **extra_b)
+    return TwoTowerNetwork(encoder, encoder_b, HEADS.build(config.head))
+
+
+def _preprocessor(spec: ComponentSpec) -> Any:
+    """A saved preprocessing (the audio one registers itself on import: librosa is optional)."""
+    if spec.name == "audio":
+        import siamkit.data.audio  # noqa: F401
+    return build_preprocessor(spec)
+
+
+def _accepts(pre: Any, item: Any) -> bool:
+    """Whether preprocessor ``pre`` takes ``item``: its own ``accepts`` test, else any non-string
+    input or a string naming an existing file."""
+    if hasattr(pre, "accepts"):
+        return bool(pre.accepts(item))
+    return not isinstance(item, str) or Path(item).is_file()
 
 
 def load(folder: str | Path, device: str = "cpu") -> Model:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from siamkit import distributed
+from siamkit.calibration import calibrate_run
 from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
 from siamkit.data.datasets import build_dataset
@@ -66,6 +68,8 @@ class RecipeResult:
     fewshot: dict[str, FewShotResult] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     train_seconds: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None  # what ``test`` was measured on, when not the unseen test classes
 
 
 def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
@@ -141,9 +145,18 @@ def run_recipe(
         from siamkit.text.training import run_text_recipe
 
         return run_text_recipe(recipe, out_dir, resume, data_dir, show_progress, callbacks)
+    if recipe.encoder_b is not None:
+        from siamkit.two_tower_recipe import run_two_tower_recipe
+
+        return run_two_tower_recipe(recipe, out_dir, resume, data_dir, show_progress, callbacks)
+    if recipe.ensemble is not None:
+        from siamkit.ensemble_recipe import run_ensemble_recipe
+
+        return run_ensemble_recipe(recipe, out_dir, resume, data_dir, show_progress, callbacks)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    if distributed.is_main():
+        atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
     splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
     splits.train.require_nonempty("the training split")
     splits.val.require_nonempty("the validation split (needed to choose the threshold)")
@@ -159,12 +172,18 @@ def run_recipe(
         validate=_monitored(validate, evaluation.monitor), monitor=evaluation.monitor,
         resume=resume, show_progress=show_progress, callbacks=callbacks,
     )  # fmt: skip
+    if not distributed.is_main():
+        return other_rank_result(out_dir, history)
     keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
     val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
     scores, labels = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
     test = verification_report(scores, labels, threshold)
+    calibrator, calibration = calibrate_run(
+        (val_scores, val_labels), (scores, labels), head_spec.name,
+        out_dir / "reliability.png" if evaluation.plots else None, recipe.seed,
+    )  # fmt: skip
     fewshot = {
         f"{s.n_way}-way {s.k_shot}-shot{' within groups' if s.within_groups else ''}": (
             evaluate_episodes(
@@ -182,11 +201,19 @@ def run_recipe(
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, head_spec, default_preprocess(splits),
         threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test,
-                          "seen_classes": recorded_classes(splits)},
+                          "seen_classes": recorded_classes(splits),
+                          "calibration": calibrator.to_json()},
     )  # fmt: skip
-    result = RecipeResult(model_dir, history, threshold, test, fewshot, plots)
+    result = RecipeResult(model_dir, history, threshold, test, fewshot, plots,
+                          calibration=calibration)  # fmt: skip
     atomic_write_text(out_dir / "report.json", json.dumps(result_summary(result), indent=2))
     return result
+
+
+def other_rank_result(out_dir: Path, history: History) -> RecipeResult:
+    """What a rank other than 0 returns in data-parallel training: its history; rank 0 alone
+    calibrates, evaluates and saves the model folder (and the others exit meanwhile)."""
+    return RecipeResult(out_dir / "model", history, float("nan"), {})
 
 
 def keep_weights(network: nn.Module, keep: str, history: History, out_dir: Path) -> None:
@@ -219,4 +246,5 @@ def result_summary(result: RecipeResult) -> dict[str, Any]:
         "train_seconds": sum(e["seconds"] for e in result.history.epochs),
         "test_verification": result.test,
         "fewshot": {k: vars(v) for k, v in result.fewshot.items()},
+        "calibration": result.calibration,
     }

@@ -77,9 +77,11 @@ class EvaluationSettings(_Strict):
         "auc", description="the validation metric that picks the best epoch; default auc, "
         "spearman for graded sentence pairs (stsb)",
     )  # fmt: skip
-    threshold_rule: Literal["eer", "accuracy", "f1"] = Field(
+    threshold_rule: str = Field(
         "eer", description="the decision threshold is at the validation EER, or maximises "
-        "accuracy or F1 of 'same' (sentence pairs only); default eer, accuracy for sentence pairs",
+        "accuracy or F1 of 'same' (sentence pairs only), or meets a target rate on the "
+        "validation pairs: 'far<=0.01' (at most 1% of different pairs accepted) or 'frr<=0.05' "
+        "(at most 5% of same pairs rejected); default eer, accuracy for sentence pairs",
     )  # fmt: skip
     keep: Literal["best", "last"] = Field(
         "best", description="weights to keep: the best validation epoch, or the last (when the "
@@ -87,6 +89,17 @@ class EvaluationSettings(_Strict):
     )  # fmt: skip
     fewshot: list[FewShotSettings] = Field(default_factory=list)
     plots: bool = True
+
+    @field_validator("threshold_rule")
+    @classmethod
+    def _known_rule(cls, rule: str) -> str:
+        from siamkit.errors import DataError
+        from siamkit.evaluation.verification import check_threshold_rule
+
+        try:
+            return check_threshold_rule(rule)
+        except DataError as error:
+            raise PydanticCustomError("threshold_rule", str(error)) from error
 
 
 class VocabularySettings(_Strict):
@@ -100,6 +113,26 @@ class VocabularySettings(_Strict):
         description="also add the whole words of the init_embeddings model's word-piece "
         "vocabulary, so words unseen in training keep their pre-trained vector",
     )
+
+
+class EnsembleSettings(_Strict):
+    """Known-class classification by a siamese model and a conventional classifier together
+    (:mod:`siamkit.ensemble`). The classes are those of the reader's ``splits`` (all people of
+    AT&T faces; Omniglot's background characters with ``splits: [train]``); each class's items are
+    cut into ``train_per_class`` training, ``val_per_class`` validation and the rest test items.
+    The siamese network trains on the training items as the recipe says; the classifier is a
+    logistic regression on ``features`` (raw pixels, or the siamese embeddings); the validation
+    items set the siamese temperature, the classifier's ``C`` and the ensemble weight."""
+
+    splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train", "val", "test"],
+        description="which of the reader's splits give the known classes",
+    )
+    train_per_class: int = Field(5, ge=1)
+    val_per_class: int = Field(2, ge=1)
+    features: Literal["pixels", "embedding"] = "pixels"
+    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0], min_length=1)
+    weight_steps: int = Field(20, ge=1, description="ensemble weights tried: 0, 1/n, ..., 1")
 
 
 class SentencePairData(_Strict):
@@ -133,6 +166,11 @@ class TrainRecipe(_Strict):
     data: ComponentSpec
     data_dir: str | None = None
     encoder: ComponentSpec
+    encoder_b: ComponentSpec | None = Field(
+        None,
+        description="a second tower: train a two-tower model (siamkit.two_tower) matching each "
+        "class's name (tower a: encoder, e.g. text_rnn) with its items (tower b: encoder_b)",
+    )
     init_weights: str | None = Field(
         None,
         description="safetensors file of pre-trained encoder weights to start from (e.g. "
@@ -152,6 +190,9 @@ class TrainRecipe(_Strict):
     batches: BatchSettings = Field(default_factory=BatchSettings)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    ensemble: EnsembleSettings | None = Field(
+        None, description="classify known classes with the network and a classifier together"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -163,7 +204,7 @@ class TrainRecipe(_Strict):
             )
         return raw
 
-    @field_validator("data", "encoder", "head", "loss", "preprocess", mode="before")
+    @field_validator("data", "encoder", "encoder_b", "head", "loss", "preprocess", mode="before")
     @classmethod
     def _bare_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
@@ -210,6 +251,7 @@ def _sentence_pair_problems(recipe: TrainRecipe) -> list[str]:
         *(["init_weights"] if recipe.init_weights else []),
         *(["preprocess"] if recipe.preprocess else []),
         *(["augmentation"] if recipe.augmentation else []),
+        *(["ensemble"] if recipe.ensemble else []),
     ]  # fmt: skip
     problems += [
         f"{field}: applies to class datasets, not to the given pairs of {name!r}"

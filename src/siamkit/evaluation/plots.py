@@ -47,6 +47,28 @@ def score_histogram(
     return _save(fig, path)
 
 
+def reliability_plot(
+    curves: dict[str, dict[str, Any]], path: str | Path, title: str = "Reliability"
+) -> Path:
+    """Save a reliability diagram: fraction same against mean probability per bin for each named
+    curve (bins from :func:`siamkit.calibration.reliability_bins`), the diagonal as perfect
+    calibration, and the pairs per bin of the last curve below."""
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, b in curves.items():
+        used = b["count"] > 0
+        ax.plot(b["mean_probability"][used], b["fraction_same"][used], "o-", label=name)
+    ax.set(ylabel="fraction of pairs that are the same", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize="small")
+    last = list(curves.values())[-1]
+    edges = np.linspace(0, 1, len(last["count"]) + 1)
+    counts.bar(edges[:-1], last["count"], width=np.diff(edges), align="edge", alpha=0.6)
+    counts.set(xlabel="predicted probability of same", ylabel="pairs", yscale="log")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ validation pairs, and accuracy / FAR / FRR at that threshold. Decisions are ``sc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -55,15 +56,52 @@ def rates_at(scores: Any, labels: Any, threshold: float) -> dict[str, float]:
     }
 
 
+TARGET_RULE = re.compile(r"^(far|frr)<=(0?\.\d+|1e-\d+)$")
+"""``far<=X`` / ``frr<=X``: a rate target with X in (0, 1), e.g. ``far<=0.01``."""
+THRESHOLD_RULES = ("eer", "accuracy", "f1", "far<=X", "frr<=X")
+
+
+def check_threshold_rule(rule: str) -> str:
+    """``rule`` if it is ``eer``, ``accuracy``, ``f1``, ``far<=X`` or ``frr<=X`` (0 < X < 1),
+    else a :class:`DataError` naming the accepted forms."""
+    if rule in ("eer", "accuracy", "f1"):
+        return rule
+    match = TARGET_RULE.match(rule.replace(" ", ""))
+    if match is None or not 0 < float(match.group(2)) < 1:
+        raise DataError(
+            f"threshold rule {rule!r}: expected eer, accuracy, f1, far<=X or frr<=X with "
+            "0 < X < 1 (e.g. far<=0.01)"
+        )
+    return rule.replace(" ", "")
+
+
 def choose_threshold(scores: Any, labels: Any, rule: str = "eer") -> float:
-    """A decision threshold from validation pairs: at the EER (``rule="eer"``) or where accuracy
-    is highest (``rule="accuracy"``)."""
+    """A decision threshold (``score >= t`` is "same") from validation pairs, never test pairs:
+    at the EER (``"eer"``), where accuracy or the F1 of "same" is highest (``"accuracy"``,
+    ``"f1"``), the lowest threshold whose false accept rate is at most X (``"far<=0.01"``:
+    as many genuine accepted as the FAR target allows), or the highest whose false reject rate
+    is at most X (``"frr<=0.05"``)."""
+    rule = check_threshold_rule(rule)
     if rule == "eer":
         return equal_error_rate(scores, labels)[1]
     s, y = _arrays(scores, labels)
     candidates = np.unique(s)
-    accuracy = [((s >= t) == (y == 1)).mean() for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
+    accept = s[None, :] >= candidates[:, None]  # (thresholds, pairs)
+    if rule in ("accuracy", "f1"):
+        hits = (accept & (y == 1)).sum(1)
+        if rule == "accuracy":
+            value = hits + (~accept & (y == 0)).sum(1)
+        else:
+            value = 2 * hits / np.maximum(accept.sum(1) + (y == 1).sum(), 1)
+        return float(candidates[int(np.argmax(value))])
+    kind, target = rule.split("<=")
+    if kind == "far":
+        far = accept[:, y == 0].mean(1)
+        ok = np.flatnonzero(far <= float(target))
+        # no score reaches the target: above every score, nothing is accepted (FAR 0)
+        return float(candidates[ok[0]]) if len(ok) else float(np.nextafter(s.max(), np.inf))
+    frr = (~accept[:, y == 1]).mean(1)
+    return float(candidates[np.flatnonzero(frr <= float(target))[-1]])
 
 
 def tar_at_far(scores: Any, labels: Any, far: float) -> float:

@@ -22,6 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from siamkit import distributed
+from siamkit.calibration import calibrate_run
 from siamkit.checkpoint import atomic_write_text
 from siamkit.data.text import TextPairBatches, TextPairs, TextSplits, read_text_splits
 from siamkit.encoders import build_encoder
@@ -32,14 +34,15 @@ from siamkit.encoders.text import (
     wordpiece_vectors,
 )
 from siamkit.errors import ConfigError
+from siamkit.evaluation.verification import choose_threshold
 from siamkit.heads import CosineHead
 from siamkit.losses import build_loss
 from siamkit.model import save_model
-from siamkit.recipe import RecipeResult, keep_weights
+from siamkit.recipe import RecipeResult, keep_weights, other_rank_result
 from siamkit.recipe_schema import SentencePairData, TrainRecipe
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
-from siamkit.text.paraphrase import ThresholdRule, choose_pair_threshold, paraphrase_report
+from siamkit.text.paraphrase import paraphrase_report
 from siamkit.text.similarity import evaluate_sts, similarity
 from siamkit.text_losses import ScoredPairLoss, binarize
 from siamkit.training import EpochCallback, fit
@@ -117,14 +120,23 @@ def pair_validator(splits: TextSplits):
 
 
 def decision_threshold(
-    network: SiameseNetwork, splits: TextSplits, rule: ThresholdRule = "accuracy"
+    network: SiameseNetwork, splits: TextSplits, rule: str = "accuracy"
 ) -> float:
-    """The cosine threshold for "same" by ``rule`` (highest accuracy or F1, or the EER): on the
+    """The cosine threshold for "same" by ``rule`` (highest accuracy or F1, the EER, or a target
+    ``far<=X`` / ``frr<=X``, see :func:`~siamkit.evaluation.verification.choose_threshold`): on the
     train pairs for 0/1 data (MRPC), on the dev pairs binarised at ``label_threshold`` for scored
     data (STS-B)."""
     pairs = splits.train if splits.max_score <= 1 else splits.val
     labels = binarize(pairs.scores, splits.label_threshold)
-    return choose_pair_threshold(similarity(network, pairs.a, pairs.b), labels, rule)
+    return choose_threshold(similarity(network, pairs.a, pairs.b), labels, rule)
+
+
+def labelled_scores(
+    network: SiameseNetwork, pairs: TextPairs, label_threshold: float
+) -> tuple[Any, Any]:
+    """Cosine scores of ``pairs`` and their 0/1 labels (graded scores binarised at
+    ``label_threshold``), for calibration."""
+    return similarity(network, pairs.a, pairs.b), binarize(pairs.scores, label_threshold)
 
 
 def run_text_recipe(
@@ -139,7 +151,8 @@ def run_text_recipe(
     (what :func:`siamkit.recipe.run_recipe` does for a sentence-pair recipe)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    if distributed.is_main():
+        atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
     splits, all_splits = read_pair_splits(recipe, data_dir)
     torch.manual_seed(recipe.seed)
     network = SiameseNetwork(
@@ -157,6 +170,8 @@ def run_text_recipe(
         callbacks=callbacks,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
+    if not distributed.is_main():
+        return other_rank_result(out_dir, history)
     keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
     threshold = decision_threshold(network, splits, evaluation.threshold_rule)
@@ -164,11 +179,18 @@ def run_text_recipe(
         test = evaluate_sts(network, splits.test)
     else:
         test = paraphrase_report(network, splits.test, threshold)
+    calibrator, calibration = calibrate_run(
+        labelled_scores(network, splits.val, splits.label_threshold),
+        labelled_scores(network, splits.test, splits.label_threshold), "cosine",
+        out_dir / "reliability.png", recipe.seed, "Reliability on the test pairs",
+    )  # fmt: skip
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, {"name": "cosine"}, None, threshold,
-        extra={"task": "text", "recipe": recipe.model_dump(mode="json"), "test": test},
+        extra={"task": "text", "recipe": recipe.model_dump(mode="json"), "test": test,
+               "calibration": calibrator.to_json()},
     )  # fmt: skip
-    result = RecipeResult(model_dir, history, threshold, test, train_seconds=train_seconds)
+    result = RecipeResult(model_dir, history, threshold, test, train_seconds=train_seconds,
+                          calibration=calibration)  # fmt: skip
     atomic_write_text(out_dir / "report.json", json.dumps(summary(result), indent=2))
     return result
 
@@ -200,4 +222,5 @@ def summary(result: RecipeResult) -> dict[str, Any]:
         "train_seconds": result.train_seconds,
         "test": result.test,
         "history": result.history.epochs,
+        "calibration": result.calibration,
     }
