@@ -329,13 +329,14 @@ def saved_calibration(
     extra: dict[str, Any], k: int | None = None, aggregate: str = "mean"
 ) -> Calibrator | None:
     """The map a model saved in ``config.json``'s extra: for pairs (``k`` None), or for ``k``
-    references and ``aggregate`` (the nearest saved K); ``None`` when not calibrated."""
+    references and ``aggregate`` (the nearest saved K; the pair map for K = 1 when no per-K map
+    was saved); ``None`` when not calibrated."""
     if k is None:
         raw = extra.get("calibration")
         return None if raw is None else Calibrator.from_json(raw)
     by_k = {int(key): value for key, value in extra.get("calibration_by_k", {}).items()}
-    if not by_k:
-        return None
+    if not by_k:  # one reference: every aggregate is the pair score
+        return saved_calibration(extra) if k == 1 else None
     chosen = by_k[min(by_k, key=lambda saved: (abs(saved - k), saved))].get(aggregate)
     return None if chosen is None else Calibrator.from_json(chosen)
 

@@ -34,18 +34,23 @@ def train(
     data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
 ) -> None:
     """Train a model from a recipe (images, text: any file in configs/); writes OUT/model,
-    checkpoints and report.json."""
+    checkpoints and report.json. Under `torchrun --nproc-per-node N -m siamkit train ...` the
+    N processes train data-parallel (docs/distributed.md)."""
+    from siamkit import distributed
     from siamkit.recipe import load_recipe, run_recipe
 
     recipe = load_recipe(config)
     out = out or Path("runs") / config.stem
-    result = run_recipe(recipe, out, resume=resume, data_dir=data_dir)
+    with distributed.session(recipe.training.device):
+        result = run_recipe(recipe, out, resume=resume, data_dir=data_dir)
+        if not distributed.is_main():
+            return
     rows = [{"metric": k, "value": v} for k, v in result.test.items()]
     rows += [{"metric": k, "value": str(v)} for k, v in result.fewshot.items()]
     if result.train_seconds is not None:
         rows.append({"metric": "train minutes", "value": result.train_seconds / 60})
     split = f"{recipe.data.name} test split" if recipe.sentence_pairs else "test classes"
-    print_table(f"{split} (never seen in training)", rows)
+    print_table(result.title or f"{split} (never seen in training)", rows)
     console.print(f"model saved to {result.model_dir}")
 
 
@@ -122,7 +127,40 @@ def verify(
     score, threshold = row["score"], row["threshold"]
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
+    k = row.get("references")
+    row["probability"] = probability_text(loaded, score, k, row.get("aggregate", "mean"))
     print_table("verification", [row])
+
+
+def probability_text(loaded: Any, score: float, k: int | None = None, aggregate: str = "mean"):
+    """``"p=0.93 (0.88-0.96)"``: P(same) of ``score`` and its interval, or "not calibrated"."""
+    calibrator = loaded.calibration(k, aggregate)
+    if calibrator is None:
+        return "not calibrated (siamkit calibrate MODEL)"
+    return calibrator.probability([score]).text()
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Model folder (from siamkit train).")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: the recipe's, else SIAMKIT_DATA).")
+    ] = None,
+) -> None:
+    """Fit MODEL's score -> P(same) map on its recipe's validation split and store it in MODEL;
+    prints ECE, Brier and log-loss on the test split before and after (docs/calibration.md)."""
+    from siamkit.calibrate_model import calibrate_folder
+
+    report = calibrate_folder(model, data_dir)
+    rows = [
+        {"": when, **{m: report[when][m] for m in ("ece", "brier", "log_loss")}}
+        for when in ("before", "after")
+    ]
+    print_table(f"calibration on the test split ({report['test_pairs']} pairs)", rows)
+    console.print(
+        f"{report['method']} map fitted on {report['calibration_pairs']} validation pairs, "
+        f"saved in {model}/config.json; reliability diagram: {report['plot']}"
+    )
 
 
 def reference_verification(

@@ -61,12 +61,16 @@ def identify(
         sized = sized_gallery_threshold(loaded, size) if threshold is None else None
         t = threshold if threshold is not None else cosine_threshold(loaded, size)
         answer = identify_files(loaded, g, [image], k=k, threshold=t)[0]
-    rows = [{"rank": i + 1, "identity": c.identity, "score": c.score}
+    calibrator = loaded.calibration()  # P(same) of one probe-template pair, if calibrated
+    rows = [{"rank": i + 1, "identity": c.identity, "score": c.score,
+             **({} if calibrator is None else
+                {"probability": calibrator.probability([c.score]).text()})}
             for i, c in enumerate(answer.candidates)]  # fmt: skip
     print_table(f"candidates for {image}", rows)
     decision = answer.identity if answer.identity is not None else "unknown"
     shown = "none" if t is None else f"{t:.4f}"
-    console.print(f"identity: {decision} (score {answer.score:.4f}, threshold {shown})")
+    p = "" if calibrator is None else f", {calibrator.probability([answer.score]).text()}"
+    console.print(f"identity: {decision} (score {answer.score:.4f}{p}, threshold {shown})")
     if sized is not None:
         console.print(describe_sized(sized))
         if sized["warning"]:

@@ -28,6 +28,8 @@ def similarity(
     if loaded.threshold is not None:
         row["threshold"] = loaded.threshold
         row["decision"] = "similar" if score >= loaded.threshold else "different"
+    if (calibrator := loaded.calibration()) is not None:
+        row["probability"] = calibrator.probability([score]).text()
     print_table("sentence similarity", [row])
 
 

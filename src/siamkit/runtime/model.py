@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from siamkit.calibration import Calibrator, Probability, require_calibration, saved_calibration
 from siamkit.errors import CheckpointError, DataError
 from siamkit.runtime.heads import NumpyHead, reference_aggregates, saved_reference_threshold
 from siamkit.runtime.preprocess import PieceTokenizer, WordTokenizer, build_preprocess
@@ -125,10 +126,14 @@ class OnnxModel:
         if len(inputs) == 0:
             raise DataError("no inputs given")
         parts = [
-            self.session.run(None, self.prepare(inputs[start : start + batch_size]))[0]
+            self.forward(self.prepare(inputs[start : start + batch_size]))
             for start in range(0, len(inputs), batch_size)
         ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return np.concatenate(parts)
+
+    def forward(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the graph on prepared input arrays (:meth:`prepare`'s): (N, D) float32."""
+        return self.session.run(None, arrays)[0].astype(np.float32, copy=False)
 
     def score(self, a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         """Similarity of ``a[i]`` and ``b[i]`` for each i (higher = more similar)."""
@@ -154,6 +159,18 @@ class OnnxModel:
         embeddings = self.embed([questioned, *references])
         normalisation = self.config.extra.get("reference_normalisation", "none")
         return reference_aggregates(self.head, embeddings[0], embeddings[1:], normalisation)
+
+    def calibration(self, k: int | None = None, aggregate: str = "mean") -> Calibrator | None:
+        """The saved score -> P(same) map (pairs, or ``k`` references), ``None`` if not
+        calibrated; the same JSON as :meth:`siamkit.model.Model.calibration`, read with numpy."""
+        return saved_calibration(self.config.extra, k, aggregate)
+
+    def probability(
+        self, scores: Any, k: int | None = None, aggregate: str = "mean"
+    ) -> Probability:
+        """P(same) of each score and its bootstrap interval (``p, low, high``); raises
+        :class:`CheckpointError` when the model is not calibrated."""
+        return require_calibration(self.calibration(k, aggregate)).probability(scores)
 
     def reference_threshold(self, k: int, aggregate: str) -> float | None:
         """The threshold for ``k`` references and ``aggregate`` (else the model's threshold)."""

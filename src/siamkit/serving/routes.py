@@ -7,10 +7,8 @@ import asyncio
 from typing import Annotated, Any
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from torch import Tensor
 
 from siamkit.errors import DataError, GalleryError
 from siamkit.serving.auth import require_read, require_write
@@ -91,13 +89,34 @@ async def _embed_texts(
 
 
 def _pair(server: Any) -> Finish:
-    return lambda emb: server.model.pair(emb[0], emb[1])
+    return lambda emb: _calibrated(server, server.model.pair(emb[0], emb[1]))
 
 
-def _as_body(emb: Tensor) -> dict[str, Any]:
-    if not torch.isfinite(emb).all():
+def _probability(server: Any, score: float, k: int | None = None, aggregate: str = "mean"):
+    """(p, [low, high]) of ``score`` from the model's saved calibration, or None."""
+    calibration = getattr(getattr(server.model, "model", None), "calibration", None)
+    calibrator = None if calibration is None else calibration(k, aggregate)
+    if calibrator is None:
+        return None
+    p, low, high = calibrator.probability([score])
+    return float(p[0]), [float(low[0]), float(high[0])]
+
+
+def _calibrated(server: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``probability`` and ``probability_interval`` when the model is calibrated
+    (per K and aggregate for reference sets)."""
+    found = _probability(server, body["score"], body.get("references"),
+                         body.get("aggregate") or "mean")  # fmt: skip
+    if found is None:
+        return body
+    return body | {"probability": found[0], "probability_interval": found[1]}
+
+
+def _as_body(emb: Any) -> dict[str, Any]:
+    rows = np.asarray(emb)  # a torch tensor or a numpy array, whichever runtime serves
+    if not np.isfinite(rows).all():
         raise DataError("the model gave non-finite embeddings for these inputs")
-    return {"embeddings": emb.tolist(), "dim": int(emb.shape[1])}
+    return {"embeddings": rows.tolist(), "dim": int(rows.shape[1])}
 
 
 @router.post(
@@ -166,7 +185,7 @@ async def verify(request: Request) -> JSONResponse:
         answer = await _embed_images(
             server,
             questioned + references,
-            lambda emb: server.model.against_references(emb, aggregate),
+            lambda emb: _calibrated(server, server.model.against_references(emb, aggregate)),
         )
         return JSONResponse(answer)  # fmt: skip
     pair = []
@@ -209,7 +228,7 @@ async def enroll(request: Request) -> JSONResponse:
     form = await read_form(request, server.settings)
     name = form_text(form, "name")
     blobs = await form_files(form, "files", server.settings)
-    emb = (await _embed_images(server, blobs)).numpy()
+    emb = np.asarray(await _embed_images(server, blobs))
     try:
         templates = await gallery.enroll(name, emb, [n for n, _ in blobs])
     except GalleryError as error:
@@ -223,7 +242,7 @@ async def _probe(request: Request, server: Any) -> np.ndarray:
     blobs = await form_files(form, "file", server.settings)
     if len(blobs) != 1:
         raise HTTPException(400, "multipart field 'file': expected exactly one file")
-    return (await _embed_images(server, blobs)).numpy()
+    return np.asarray(await _embed_images(server, blobs))
 
 
 ONE_FILE = multipart({"file": FILE}, ["file"])
@@ -250,8 +269,13 @@ async def identify(
     if not found.candidates:  # only indexed items, no enrolled identity
         raise HTTPException(409, "no identity is enrolled in the gallery: enroll someone first")
     candidates = [{"name": c.identity, "score": c.score} for c in found.candidates]
-    return JSONResponse({"identity": found.identity, "score": found.score,
-                         "threshold": threshold, "candidates": candidates})  # fmt: skip
+    body = {"identity": found.identity, "score": found.score, "threshold": threshold,
+            "candidates": candidates}  # fmt: skip
+    if _probability(server, found.score) is not None:  # P(same) of each probe-template pair
+        for candidate in candidates:
+            candidate["probability"] = _probability(server, candidate["score"])[0]  # type: ignore[index]
+        body = _calibrated(server, body)
+    return JSONResponse(body)
 
 
 @router.get(
@@ -301,7 +325,7 @@ async def index(request: Request) -> JSONResponse:
     if len(ids) != len(blobs) or not all(ids):
         raise HTTPException(400, f"multipart field 'ids': expected {len(blobs)} non-empty "
                                  f"comma-separated ids (one per file), got {len(ids)}")  # fmt: skip
-    emb = (await _embed_images(server, blobs)).numpy()
+    emb = np.asarray(await _embed_images(server, blobs))
     try:
         added = await gallery.index(emb, ids)
     except GalleryError as error:

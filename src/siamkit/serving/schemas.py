@@ -7,6 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PROBABILITY = (
+    "calibrated P(same) of the score (docs/calibration.md); absent when the model is not "
+    "calibrated (`siamkit calibrate MODEL`)"
+)
+INTERVAL = "[low, high]: the 5-95% bootstrap band of the probability over the calibration pairs"
+
 
 class Error(BaseModel):
     """Every 4xx/5xx answer: one line saying what was wrong and what was expected."""
@@ -44,6 +50,8 @@ class Verification(BaseModel):
     decision: Literal["same", "different"] | None
     aggregate: str | None = None
     references: int | None = None
+    probability: float | None = Field(None, description=PROBABILITY)
+    probability_interval: list[float] | None = Field(None, description=INTERVAL)
 
 
 class Enrolled(BaseModel):
@@ -54,6 +62,7 @@ class Enrolled(BaseModel):
 class Candidate(BaseModel):
     name: str
     score: float
+    probability: float | None = Field(None, description=PROBABILITY)
 
 
 class Identification(BaseModel):
@@ -63,6 +72,8 @@ class Identification(BaseModel):
     score: float
     threshold: float | None
     candidates: list[Candidate]
+    probability: float | None = Field(None, description=PROBABILITY)
+    probability_interval: list[float] | None = Field(None, description=INTERVAL)
 
 
 class Person(BaseModel):
@@ -99,6 +110,7 @@ class Ready(BaseModel):
     status: Literal["ready"]
     model: str
     kind: Literal["image", "text"]
+    runtime: Literal["torch", "onnx"] = Field(description="what runs the model")
     gallery: str | None
     batching: bool
 
