@@ -1,5 +1,6 @@
 """``siamkit serve``: the HTTP API (FastAPI + uvicorn). fastapi, uvicorn and torch are imported
-only when the command runs."""
+only when the command runs; an exported folder (``--runtime onnx``, or ``auto`` on a folder
+holding ``encoder.onnx``) is served by ONNX Runtime and never imports torch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from siamkit.cli.app import app, console
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="Model folder (from siamkit train).")],
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (siamkit train) or export (siamkit export).")
+    ],
     gallery: Annotated[
         str | None,
         typer.Option(help="Gallery folder, Milvus Lite *.db or URI (enroll/identify/search)."),
@@ -52,19 +55,26 @@ def serve(
         bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")
     ] = False,
     torch_threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads per worker (default: half the cores).")
+        int | None,
+        typer.Option(min=1, help="Threads per worker, torch or ONNX (default: half the cores)."),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(help="What runs the model: torch, onnx (an exported folder) or auto."),
+    ] = "auto",
 ) -> None:
     """Serve MODEL over HTTP: /v1/embed, verify, similarity, enroll, identify, people, index,
     search; /docs, /health, /ready, /metrics. API keys from SIAMKIT_API_KEYS (read-write),
-    SIAMKIT_READONLY_API_KEYS or --api-keys-file."""
+    SIAMKIT_READONLY_API_KEYS or --api-keys-file. --runtime onnx (or auto, the default, on a
+    folder from siamkit export) serves an exported folder with ONNX Runtime, without torch."""
     import uvicorn
 
-    from siamkit.model import read_config
-    from siamkit.serving.app import GALLERY_ENV, MODEL_ENV
+    from siamkit.serving.app import GALLERY_ENV, MODEL_ENV, RUNTIME_ENV
+    from siamkit.serving.backend import check_runtime
     from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
 
-    read_config(model)  # a wrong folder is a one-line error now, not in every worker
+    runtime = check_runtime(runtime, model)
+    _check_folder(model, runtime)  # a wrong folder is a one-line error now, not in every worker
     if torch_threads is None and not os.environ.get("SIAMKIT_TORCH_THREADS", "").strip():
         # half the cores per worker: the other half decodes, parses HTTP and runs the clients
         torch_threads = max(1, (os.cpu_count() or 2) // (2 * workers))
@@ -86,7 +96,10 @@ def serve(
     os.environ[SETTINGS_ENV] = settings.to_env()  # digests only: workers inherit it
     os.environ[MODEL_ENV] = str(model.resolve())
     os.environ[GALLERY_ENV] = "" if gallery is None else _location(gallery)
-    console.print(f"siamkit serve: {model} on http://{host}:{port} (docs: /docs)", soft_wrap=True)
+    os.environ[RUNTIME_ENV] = runtime
+    console.print(
+        f"siamkit serve: {model} ({runtime}) on http://{host}:{port} (docs: /docs)", soft_wrap=True
+    )
     uvicorn.run(
         "siamkit.serving.app:app_from_env",
         factory=True,
@@ -97,6 +110,19 @@ def serve(
         log_level="info",
         access_log=access_log,
     )
+
+
+def _check_folder(model: Path, runtime: str) -> None:
+    """Refuse a folder the chosen runtime cannot serve, in one line (torch is not imported for an
+    exported folder)."""
+    if runtime == "onnx":
+        from siamkit.runtime.model import read_export_config
+
+        read_export_config(model)
+    else:
+        from siamkit.model import read_config
+
+        read_config(model)
 
 
 def _location(gallery: str) -> str:

@@ -7,7 +7,7 @@ from siamkit.serving.settings import ServeSettings
 __all__ = ["ServeSettings", "create_app"]
 
 
-def __getattr__(name: str):  # create_app imports fastapi and torch: only when asked for
+def __getattr__(name: str):  # create_app imports fastapi (torch for a torch model): on demand
     if name == "create_app":
         from siamkit.serving.app import create_app
 

@@ -17,32 +17,34 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from siamkit.errors import SiamkitError
+from siamkit.serving.backend import ModelBackend, check_runtime, load_backend
 from siamkit.serving.batcher import Batcher, Busy
 from siamkit.serving.gallery import GalleryService
 from siamkit.serving.inputs import BodyLimitMiddleware, BodyTooLarge
 from siamkit.serving.metrics import Metrics, MetricsMiddleware
-from siamkit.serving.model import ServedModel
 from siamkit.serving.schemas import Error, Health, Ready
 from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
 
 log = logging.getLogger("siamkit.serve")
 STATIC = Path(__file__).parent / "static"
 MODEL_ENV, GALLERY_ENV = "SIAMKIT_SERVE_MODEL", "SIAMKIT_SERVE_GALLERY"
+RUNTIME_ENV = "SIAMKIT_SERVE_RUNTIME"
 
 
 class Server:
     """Everything one app holds: settings, the model and its batcher, the gallery, metrics."""
 
-    def __init__(self, model_dir: Path, gallery: str | None, settings: ServeSettings) -> None:
-        self.model_dir, self.settings = model_dir, settings
-        self.model: ServedModel | None = None
+    def __init__(
+        self, model_dir: Path, gallery: str | None, settings: ServeSettings, runtime: str = "torch"
+    ) -> None:
+        self.model_dir, self.settings, self.runtime = model_dir, settings, runtime
+        self.model: ModelBackend | None = None
         self.gallery = GalleryService(gallery) if gallery else None
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
@@ -60,28 +62,27 @@ class Server:
         self.failure = None
         self.decoder = ThreadPoolExecutor(2, thread_name_prefix="siamkit-decode")
         try:
-            if self.settings.torch_threads:
-                torch.set_num_threads(self.settings.torch_threads)
             s = self.settings
             batcher = Batcher(
                 self._run, s.max_batch, s.max_wait_ms, s.queue_size, s.batching,
                 self.metrics.batch_size.observe,
             )  # fmt: skip
             self.model = await loop.run_in_executor(
-                batcher.executor, ServedModel.load, self.model_dir, s.max_image_pixels
-            )
+                batcher.executor, load_backend, self.model_dir, self.runtime,
+                s.max_image_pixels, s.torch_threads,
+            )  # fmt: skip
             await loop.run_in_executor(batcher.executor, self.model.warm_up, s.max_batch)
             if self.gallery is not None:
                 await self.gallery.open()
             batcher.start()
             self.batcher = batcher
             self.ready = True
-            log.info("siamkit serve: model %s ready", self.model_dir)
+            log.info("siamkit serve: model %s ready (%s)", self.model_dir, self.runtime)
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}".replace("\n", " ")
             log.exception("siamkit serve: start-up failed")
 
-    def _run(self, items: list[Any]) -> torch.Tensor:
+    def _run(self, items: list[Any]) -> Any:
         assert self.model is not None
         return self.model.run(items)
 
@@ -105,17 +106,25 @@ def one_line(text: object) -> str:
 
 
 def create_app(
-    model_dir: str | Path, gallery: str | Path | None = None, settings: ServeSettings | None = None
+    model_dir: str | Path,
+    gallery: str | Path | None = None,
+    settings: ServeSettings | None = None,
+    runtime: str = "auto",
 ) -> FastAPI:
     """The HTTP API serving the model folder ``model_dir`` (and ``gallery``, a folder, Milvus
     Lite file or URI, for the enroll/identify/index/search endpoints).
+
+    ``runtime`` is ``"torch"`` (a model folder), ``"onnx"`` (a folder from ``siamkit export``,
+    served by ONNX Runtime without importing torch) or ``"auto"`` (``"onnx"`` for a folder holding
+    ``encoder.onnx``): see :mod:`siamkit.serving.backend`.
 
     ``settings`` default to :meth:`ServeSettings.from_env`; with authentication on, at least one
     API key must be configured (a :class:`~siamkit.errors.ConfigError` otherwise).
     """
     settings = settings if settings is not None else ServeSettings.from_env()
     settings.check_auth()
-    server = Server(Path(model_dir), None if gallery is None else str(gallery), settings)
+    runtime = check_runtime(runtime, model_dir)
+    server = Server(Path(model_dir), None if gallery is None else str(gallery), settings, runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -151,7 +160,8 @@ def app_from_env() -> FastAPI:
     model, gallery and settings from the environment ``siamkit serve`` prepared."""
     text = os.environ.get(SETTINGS_ENV)
     settings = ServeSettings.from_json(text) if text else ServeSettings.from_env()
-    return create_app(os.environ[MODEL_ENV], os.environ.get(GALLERY_ENV) or None, settings)
+    model, gallery = os.environ[MODEL_ENV], os.environ.get(GALLERY_ENV) or None
+    return create_app(model, gallery, settings, os.environ.get(RUNTIME_ENV) or "auto")
 
 
 def _version() -> str:
@@ -209,6 +219,7 @@ def _add_service_routes(app: FastAPI, server: Server) -> None:
             "status": "ready",
             "model": server.model.name,
             "kind": server.model.kind,
+            "runtime": server.model.runtime,
             "gallery": server.gallery.location if server.gallery else None,
             "batching": server.settings.batching,
         }

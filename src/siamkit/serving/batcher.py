@@ -20,10 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
-RunBatch = Callable[[list[Any]], Tensor]
-Finish = Callable[[Tensor], Any]
+Rows = Any  # (N, D) embeddings: a torch tensor or a numpy array (see siamkit.serving.backend)
+RunBatch = Callable[[list[Any]], Rows]
+Finish = Callable[[Rows], Any]
 
 
 class Busy(Exception):
@@ -43,7 +42,7 @@ class _Job:
 
 
 class Batcher:
-    """Queue inputs of concurrent requests into batches for ``run`` (inputs -> (N, D) tensor).
+    """Queue inputs of concurrent requests into batches for ``run`` (inputs -> (N, D) rows).
 
     Call :meth:`start` inside the event loop and :meth:`stop` at shutdown. ``observe_batch``
     is called with the size of every batch run (for the metrics).

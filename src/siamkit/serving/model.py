@@ -1,6 +1,6 @@
-"""The model as the server runs it: decode + preprocess on worker threads, forward passes on the
-model thread (see :mod:`siamkit.serving.batcher`), scores and decisions as ``siamkit verify``
-makes them.
+"""The ``"torch"`` back-end of the server (see :mod:`siamkit.serving.backend`): a model folder
+as the server runs it: decode + preprocess on worker threads, forward passes on the model thread
+(see :mod:`siamkit.serving.batcher`), scores and decisions as ``siamkit verify`` makes them.
 
 An image model decodes uploads with :func:`siamkit.data.transforms.open_image` (the CLI's
 function, with the server's pixel limit) and its saved preprocessing; a text model takes strings.
@@ -12,7 +12,6 @@ faster on one CPU thread.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,14 +22,11 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from siamkit.data.transforms import ImagePreprocessor, open_image
-from siamkit.errors import ConfigError, DataError
-from siamkit.evaluation.reference_set import (
-    AGGREGATES,
-    normalised_aggregates,
-    saved_reference_threshold,
-)
+from siamkit.errors import ConfigError
+from siamkit.evaluation.reference_set import normalised_aggregates, saved_reference_threshold
 from siamkit.gallery.images import cosine_threshold
 from siamkit.model import Model, load
+from siamkit.serving.backend import check_aggregate, in_length_order, served_name, verdict
 
 Kind = Literal["image", "text"]
 TEXT_CHUNK = 32  # texts per forward pass: length-sorted chunks pad less than one large batch
@@ -66,6 +62,8 @@ def for_inference(network: nn.Module) -> nn.Module:
 class ServedModel:
     """A loaded :class:`~siamkit.model.Model` and what serving needs from it."""
 
+    runtime = "torch"
+
     def __init__(self, model: Model, name: str, max_pixels: int) -> None:
         self.model, self.name, self.max_pixels = model, name, max_pixels
         self.network = model.network
@@ -86,11 +84,11 @@ class ServedModel:
             self.gallery_threshold = None
 
     @classmethod
-    def load(cls, folder: str | Path, max_pixels: int) -> ServedModel:
-        """Load a model folder for serving."""
-        folder = Path(folder).resolve()
-        name = folder.parent.name if folder.name == "model" else folder.name  # runs/faces/model
-        return cls(load(folder), name, max_pixels)
+    def load(cls, folder: str | Path, max_pixels: int, threads: int | None = None) -> ServedModel:
+        """Load a model folder for serving (``threads``: torch's intra-op threads)."""
+        if threads:
+            torch.set_num_threads(threads)
+        return cls(load(Path(folder).resolve()), served_name(folder), max_pixels)
 
     @property
     def threshold(self) -> float | None:
@@ -116,15 +114,9 @@ class ServedModel:
     def _embed_texts(self, texts: list[str]) -> Tensor:
         """Texts sorted by length and embedded :data:`TEXT_CHUNK` at a time (less padding than
         one batch of short and long texts), returned in their order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: Tensor | None = None
-        for start in range(0, len(texts), TEXT_CHUNK):
-            chosen = order[start : start + TEXT_CHUNK]
-            part = self.network.embed([texts[i] for i in chosen]).float()
-            out = part.new_empty((len(texts), part.shape[1])) if out is None else out
-            out[chosen] = part
-        assert out is not None
-        return out
+        return in_length_order(
+            texts, lambda chunk: self.network.embed(chunk).float(), TEXT_CHUNK, torch.cat
+        )
 
     def warm_up(self, batch: int) -> None:
         """Run the model once on a batch of one and of ``batch`` blank inputs."""
@@ -140,10 +132,7 @@ class ServedModel:
 
     def verdict(self, score: float, threshold: float | None) -> dict[str, Any]:
         """The verify body: score, threshold and decision (null without a threshold)."""
-        if not math.isfinite(score):
-            raise DataError(f"the model gave a non-finite score ({score}) for these inputs")
-        decision = None if threshold is None else ("same" if score >= threshold else "different")
-        return {"score": score, "threshold": threshold, "decision": decision}
+        return verdict(score, threshold)
 
     def pair(self, a: Tensor, b: Tensor) -> dict[str, Any]:
         """Verification of two embeddings (D,) at the model's threshold."""
@@ -157,9 +146,7 @@ class ServedModel:
         """Verification of ``embeddings[0]`` against the K references ``embeddings[1:]``, as
         ``siamkit verify --references`` does it (the model's aggregate and saved thresholds)."""
         extra = self.model.config.extra
-        aggregate = aggregate or extra.get("reference_aggregate", "mean")
-        if aggregate not in AGGREGATES:
-            raise DataError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+        aggregate = check_aggregate(aggregate or extra.get("reference_aggregate", "mean"))
         k = len(embeddings) - 1
         normalisation = extra.get("reference_normalisation", "none")
         with torch.inference_mode():
