@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ from siamkit.siamese import SiameseNetwork
 from unit.test_serve import HEAD, RO, RW, b64, png, serve, tiny_model, wait_ready
 
 pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[2]
+LISTED = {line.strip() for line in (ROOT / "packaging" / "runtime" / "modules.txt").read_text()
+          .splitlines() if line.strip() and not line.startswith("#")}  # fmt: skip
 TOLERANCE = 1e-4  # ONNX Runtime vs eager torch: float rounding only (measured <= 1e-6)
 
 
@@ -153,7 +157,7 @@ def test_serving_an_export_never_imports_torch(folders, tmp_path):
     identifies and verifies, and has not imported torch."""
     _, exported = folders
     script = textwrap.dedent(f"""
-        import io, json, sys, time
+        import importlib, io, json, sys, time
         import numpy as np
         from fastapi.testclient import TestClient
         from PIL import Image
@@ -175,8 +179,11 @@ def test_serving_an_export_never_imports_torch(folders, tmp_path):
             who = c.post("/v1/identify", files={{"file": ("p.png", png(1))}}).json()
             pair = c.post("/v1/verify", files={{"a": ("a.png", png(1)), "b": ("b.png", png(2))}})
             ready = c.get("/ready").json()
+        used = sorted(m for m in sys.modules if m.split(".")[0] == "siamkit")
+        for name in {sorted(LISTED)!r}:  # the whole siamkit-runtime distribution
+            importlib.import_module(name)
         print(json.dumps({{"torch": "torch" in sys.modules, "identity": who["identity"],
-                          "verify": pair.json(), "ready": ready}}))
+                          "verify": pair.json(), "ready": ready, "used": used}}))
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)  # fmt: skip
@@ -185,6 +192,18 @@ def test_serving_an_export_never_imports_torch(folders, tmp_path):
     assert out["torch"] is False
     assert out["ready"]["runtime"] == "onnx"
     assert out["identity"] == "ada" and out["verify"]["decision"] in ("same", "different")
+    missing = set(out["used"]) - LISTED  # siamkit-runtime would lack them
+    assert not missing, f"add to packaging/runtime/modules.txt: {sorted(missing)}"
+
+
+def test_runtime_distribution_keeps_siamkits_version():
+    import tomllib
+
+    main = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = tomllib.loads((ROOT / "packaging" / "runtime" / "pyproject.toml").read_text())
+    assert runtime["project"]["version"] == main["version"]
+    assert "torch" not in " ".join(runtime["project"]["dependencies"])
+    assert all(name.startswith("siamkit") for name in LISTED) and "siamkit.model" not in LISTED
 
 
 def test_serve_command_checks_the_folder_for_its_runtime(folders, capsys, monkeypatch):

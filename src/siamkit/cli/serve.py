@@ -4,7 +4,6 @@ holding ``encoder.onnx``) is served by ONNX Runtime and never imports torch."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -67,67 +66,19 @@ def serve(
     search; /docs, /health, /ready, /metrics. API keys from SIAMKIT_API_KEYS (read-write),
     SIAMKIT_READONLY_API_KEYS or --api-keys-file. --runtime onnx (or auto, the default, on a
     folder from siamkit export) serves an exported folder with ONNX Runtime, without torch."""
-    import uvicorn
+    from siamkit.serving.launch import check_folder, no_auth_warning, run_server, server_settings
 
-    from siamkit.serving.app import GALLERY_ENV, MODEL_ENV, RUNTIME_ENV
-    from siamkit.serving.backend import check_runtime
-    from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
-
-    runtime = check_runtime(runtime, model)
-    _check_folder(model, runtime)  # a wrong folder is a one-line error now, not in every worker
-    if torch_threads is None and not os.environ.get("SIAMKIT_TORCH_THREADS", "").strip():
-        # half the cores per worker: the other half decodes, parses HTTP and runs the clients
-        torch_threads = max(1, (os.cpu_count() or 2) // (2 * workers))
-    settings = ServeSettings.from_env(
+    runtime = check_folder(model, runtime)  # a wrong folder is a one-line error now, not later
+    settings = server_settings(
+        workers, api_keys_file,
         no_auth=no_auth or None, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
         queue_size=queue_size, max_upload_bytes=max_upload_bytes,
         max_image_pixels=max_image_pixels, max_items=max_items, max_text_chars=max_text_chars,
         torch_threads=torch_threads,
     )  # fmt: skip
-    if api_keys_file is not None:
-        settings = settings.with_key_file(api_keys_file)
-    settings.check_auth()
     if settings.no_auth:
-        console.print(
-            "[bold red]WARNING: --no-auth: anyone who can reach "
-            f"{host}:{port} may embed, verify, enroll and delete. Local experiments only.[/]",
-            soft_wrap=True,
-        )
-    os.environ[SETTINGS_ENV] = settings.to_env()  # digests only: workers inherit it
-    os.environ[MODEL_ENV] = str(model.resolve())
-    os.environ[GALLERY_ENV] = "" if gallery is None else _location(gallery)
-    os.environ[RUNTIME_ENV] = runtime
+        console.print(f"[bold red]{no_auth_warning(host, port)}[/]", soft_wrap=True)
     console.print(
         f"siamkit serve: {model} ({runtime}) on http://{host}:{port} (docs: /docs)", soft_wrap=True
     )
-    uvicorn.run(
-        "siamkit.serving.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        timeout_graceful_shutdown=30,
-        log_level="info",
-        access_log=access_log,
-    )
-
-
-def _check_folder(model: Path, runtime: str) -> None:
-    """Refuse a folder the chosen runtime cannot serve, in one line (torch is not imported for an
-    exported folder)."""
-    if runtime == "onnx":
-        from siamkit.runtime.model import read_export_config
-
-        read_export_config(model)
-    else:
-        from siamkit.model import read_config
-
-        read_config(model)
-
-
-def _location(gallery: str) -> str:
-    """A gallery folder or Milvus Lite file as an absolute path (workers may chdir); URIs as
-    they are."""
-    if "://" in gallery or gallery.startswith("unix:"):
-        return gallery
-    return str(Path(gallery).resolve())
+    run_server(model, gallery, settings, runtime, host, port, workers, access_log)

@@ -95,8 +95,12 @@ def load_backend(
         from siamkit.serving.onnx_model import OnnxServedModel
 
         return OnnxServedModel.load(folder, max_pixels, threads)
-    from siamkit.serving.model import ServedModel
-
+    try:
+        from siamkit.serving.model import ServedModel
+    except ModuleNotFoundError as error:  # siamkit-runtime: no torch, no siamkit.model
+        raise ConfigError(f"{folder}: the torch runtime needs PyTorch and siamkit ({error}); "
+                          "export the model (siamkit export) and serve it with --runtime onnx"
+                          ) from error  # fmt: skip
     return ServedModel.load(folder, max_pixels, threads)
 
 
