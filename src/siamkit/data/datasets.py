@@ -95,6 +95,8 @@ def register_readers() -> None:
     """Import the reader modules (they register their datasets; imported on first use because
     they pull in scikit-learn, torchvision and pytorch-metric-learning)."""
     import siamkit.data.faces  # noqa: F401
+    import siamkit.data.fsdd  # noqa: F401
+    import siamkit.data.molecules  # noqa: F401
     import siamkit.data.omniglot  # noqa: F401
     import siamkit.data.signatures  # noqa: F401
 

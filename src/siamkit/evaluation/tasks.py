@@ -43,6 +43,8 @@ EVALUATOR_MODULES = (
     "siamkit.evaluation.signature_eval",
     "siamkit.evaluation.faces_eval",
     "siamkit.evaluation.text_eval",
+    "siamkit.evaluation.speech_eval",
+    "siamkit.evaluation.molecules_eval",
 )
 
 
