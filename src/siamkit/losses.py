@@ -99,12 +99,14 @@ class CosineEmbeddingLoss(PairLoss):
 class InBatchRankingLoss(PairLoss):
     """Multiple-negatives ranking (Henderson et al. 2017): each positive pair's partner must
     outrank every other item of the batch, cross-entropy over ``scale * cos``. Negative pairs
-    (y = 0) are ignored, the other items of the batch serve as negatives.
+    (y = 0) are ignored, the other items of the batch serve as negatives. ``symmetric`` also
+    ranks each ``e1`` among the batch's ``e1`` items for its ``e2`` partner and averages both
+    directions: the symmetric InfoNCE loss of two-tower models (CLIP; van den Oord et al. 2018).
     """
 
-    def __init__(self, scale: float = 20.0) -> None:
+    def __init__(self, scale: float = 20.0, symmetric: bool = False) -> None:
         super().__init__()
-        self.scale = scale
+        self.scale, self.symmetric = scale, symmetric
 
     def pair_loss(self, e1: Tensor, e2: Tensor, y: Tensor) -> Tensor:
         keep = y > 0.5
@@ -112,7 +114,9 @@ class InBatchRankingLoss(PairLoss):
             raise DataError("the in-batch ranking loss needs at least one positive pair per batch")
         a, b = F.normalize(e1[keep], dim=1), F.normalize(e2[keep], dim=1)
         logits = self.scale * a @ b.T
-        return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+        target = torch.arange(len(a), device=a.device)
+        loss = F.cross_entropy(logits, target)
+        return (loss + F.cross_entropy(logits.T, target)) / 2 if self.symmetric else loss
 
 
 class TripletLoss(nn.Module):
@@ -236,8 +240,8 @@ def _cosine_embedding(network: SiameseNetwork, margin: float = 0.0) -> nn.Module
 
 
 @LOSSES.register("ranking")
-def _ranking(network: SiameseNetwork, scale: float = 20.0) -> nn.Module:
-    return InBatchRankingLoss(scale)
+def _ranking(network: SiameseNetwork, scale: float = 20.0, symmetric: bool = False) -> nn.Module:
+    return InBatchRankingLoss(scale, symmetric)
 
 
 @LOSSES.register("triplet")

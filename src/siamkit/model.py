@@ -28,7 +28,7 @@ from siamkit.two_tower import TwoTowerNetwork
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2  # 2: two-tower folders (encoder_b); single-encoder folders are still written as 1
+FORMAT_VERSION = 2  # 2: two-tower folders (encoder_b); single-encoder ones are still 1
 TOWER_B_ASSETS = "tower_b"  # sub-folder of tower b's encoder files (a vocabulary...)
 
 

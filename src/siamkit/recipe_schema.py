@@ -149,6 +149,98 @@ class SentencePairData(_Strict):
     )
 
 
+TUNE_METRICS = {
+    "auc": "maximize", "eer_complement": "maximize", "spearman": "maximize",
+    "pearson": "maximize", "eer": "minimize", "loss": "minimize",
+}  # fmt: skip
+"""Per-epoch metrics a ``tune:`` block may optimise (validation metrics, or the training loss),
+with the direction each is optimised in unless ``tune.direction`` says otherwise."""
+
+
+class TuneParameter(_Strict):
+    """One searched setting of a ``tune:`` block: a float or int range (``low``..``high``, on a
+    log scale with ``log``, in steps of ``step``) or a list of ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[str | bool | int | float | None] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneParameter:
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise PydanticCustomError(
+                    "tune", "categorical takes a non-empty choices list and no low/high"
+                )
+            return self
+        if self.choices is not None or self.low is None or self.high is None:
+            raise PydanticCustomError("tune", f"{self.type} takes low and high, not choices")
+        if self.low >= self.high:
+            raise PydanticCustomError("tune", f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise PydanticCustomError("tune", "log needs low > 0 and no step")
+        if self.type == "int" and not all(
+            float(v).is_integer() for v in (self.low, self.high, self.step or 1)
+        ):
+            raise PydanticCustomError("tune", "int takes whole low, high and step")
+        return self
+
+
+class TuneSettings(_Strict):
+    """The search space and rules of ``siamkit tune`` (ignored by ``siamkit train``).
+
+    ``params`` maps a dotted path into the recipe (``training.lr``, ``loss.params.margin``,
+    ``augmentation.0.params.degrees``) to its range or choices; ``metric`` (default: the
+    recipe's ``evaluation.monitor``) is read from each epoch's validation record, and a trial's
+    value is that of its best epoch. TPE samples after ``startup_trials`` random trials; the
+    median pruner stops a trial whose epoch is worse than the median of earlier trials at that
+    epoch, once ``prune_startup_trials`` trials have finished and after
+    ``prune_warmup_epochs`` epochs.
+    """
+
+    params: dict[str, TuneParameter] = Field(min_length=1)
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    startup_trials: int = Field(10, ge=0)
+    pruner: Literal["median", "none"] = "median"
+    prune_startup_trials: int = Field(5, ge=0)
+    prune_warmup_epochs: int = Field(0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in TUNE_METRICS:
+            raise PydanticCustomError(
+                "tune", f"unknown metric {value!r}; expected one of {sorted(TUNE_METRICS)}"
+            )
+        return value
+
+
+def tune_path_problems(recipe: dict[str, Any], paths: list[str]) -> list[str]:
+    """Paths of a ``tune:`` block that do not lead to a setting of ``recipe`` (its dict form).
+    Every step must exist, except a new last key under a component's ``params``."""
+    problems = []
+    for path in paths:
+        node: Any = recipe
+        keys = path.split(".")
+        for depth, key in enumerate(keys):
+            last, parent = depth == len(keys) - 1, keys[depth - 1] if depth else ""
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, dict) and key in node and key != "tune":
+                node = node[key]
+            elif isinstance(node, dict) and last and parent == "params":
+                break
+            else:
+                where = ".".join(keys[:depth]) or "the recipe"
+                problems.append(f"tune.params.{path}: {where} has no setting {key!r}")
+                break
+    return problems
+
+
 class TrainRecipe(_Strict):
     """Everything ``siamkit train`` needs, as read from a YAML file: one schema for images,
     text and any other input.
@@ -193,6 +285,9 @@ class TrainRecipe(_Strict):
     ensemble: EnsembleSettings | None = Field(
         None, description="classify known classes with the network and a classifier together"
     )
+    tune: TuneSettings | None = Field(
+        None, description="the search space of `siamkit tune` (see docs/tuning.md)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +317,8 @@ class TrainRecipe(_Strict):
                 _sentence_pair_defaults(self)
         else:
             problems = _class_data_problems(self)
+        if self.tune is not None:
+            problems += tune_path_problems(self.model_dump(mode="json"), list(self.tune.params))
         if problems:
             raise PydanticCustomError("recipe", "; ".join(problems))
         return self
