@@ -1,5 +1,6 @@
 """The fit loop: optimizer and schedule, rich progress, per-epoch checkpoints, resume, early
-stopping on a validation metric, seeds, CPU by default and CUDA when present."""
+stopping on a validation metric, seeds, CPU by default and CUDA when present; data-parallel on
+several processes when a process group runs (:mod:`siamkit.distributed`, under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from siamkit import distributed
 from siamkit.checkpoint import (
     atomic_write_text,
     load_state,
@@ -185,17 +187,25 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def batch_loss(network: SiameseNetwork, loss: nn.Module, batch: Sequence[Any]) -> Tensor:
-    """Feed one batch to ``loss`` according to its kind (pair, triplet or labelled)."""
+def batch_loss(
+    network: SiameseNetwork, loss: nn.Module, batch: Sequence[Any], embed: Any = None
+) -> Tensor:
+    """Feed one batch to ``loss`` according to its kind (pair, triplet or labelled).
+
+    ``embed(*inputs)`` (default: :class:`siamkit.distributed.Embedder`) returns the embeddings
+    of the inputs; in data-parallel training it is the DDP-wrapped network, and the loss sees the
+    embeddings and labels of every process's share (the global batch, gathered in rank order)."""
     kind = getattr(loss, "kind", None)
+    embed = embed or distributed.Embedder(network)
+    gather = distributed.gather_batch
     if kind == "pair":
         x1, x2, y = batch
-        return loss(*network(x1, x2), y)
+        return loss(*gather(*embed(x1, x2), y))
     if kind == "triplet":
-        return loss(*network(*batch))
+        return loss(*gather(*embed(*batch)))
     if kind == "labelled":
         x, labels = batch
-        return loss(network.embed(x), labels)
+        return loss(*gather(*embed(x), labels))
     raise ConfigError(f"loss {type(loss).__name__} has no kind 'pair', 'triplet' or 'labelled'")
 
 
@@ -308,6 +318,11 @@ def fit(
     validation). With ``config.ema_decay`` the moving average of the weights is what is
     validated, kept as best and returned. Each of ``callbacks`` is called with
     ``(epoch, record)`` after every epoch's checkpoint.
+
+    When a process group runs (``torchrun``, :func:`siamkit.distributed.init_from_env`), every
+    process calls ``fit`` alike: ``batches`` are sharded, the encoder is wrapped in DDP, and rank
+    0 alone shows progress, validates (its metrics are sent to the others), writes checkpoints
+    and ``history.json`` and calls ``callbacks``; every rank reads the checkpoint on ``resume``.
     """
     out_dir = Path(out_dir)
     checkpoints = _Checkpoints(out_dir / "checkpoint")
@@ -328,10 +343,11 @@ def fit(
         if not checkpoints.exists():
             raise CheckpointError(f"{checkpoints.folder}: nothing to resume (no state.json)")
         start = checkpoints.restore(network, loss, optimizer, schedule, history, average)
-    if len(batches) == 0:
+    main = distributed.is_main()
+    if len(distributed.shard_batches(batches)) == 0:
         raise DataError("the training batch source yields no batches")
     step = _Step(network, loss, optimizer, device, config, average)
-    progress = _progress() if show_progress else None
+    progress = _progress() if show_progress and main else None
     if progress is not None:
         progress.start()
     try:
@@ -341,25 +357,35 @@ def fit(
                 break
             record = step.epoch(batches, epoch, progress, _metric_text(history, monitor))
             if validate is not None:
-                evaluated.eval()
-                with torch.no_grad():
-                    record.update(validate(evaluated))
+                metrics = {}
+                if main:
+                    evaluated.eval()
+                    with torch.no_grad():
+                        metrics = validate(evaluated)
+                record.update(distributed.from_main(metrics))
                 if monitor not in record:
                     raise ConfigError(f"validation returned {sorted(record)}; no {monitor!r}")
                 if history.best_metric is None or record[monitor] > history.best_metric:
                     history.best_metric, history.best_epoch = record[monitor], epoch
-                    checkpoints.save_best(evaluated)
+                    if main:
+                        checkpoints.save_best(evaluated)
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 schedule.step(record.get(monitor, -record["loss"]))
             elif schedule is not None:
                 schedule.step()
             history.epochs.append(record)
+            if not main:
+                continue
             checkpoints.save(network, loss, optimizer, schedule, history, epoch, average)
             atomic_write_text(out_dir / "history.json", json.dumps(history.to_dict(), indent=1))
             for callback in callbacks:
                 callback(epoch, record)
+        distributed.barrier()  # rank 0's last checkpoint is written before anyone reads it
     except KeyboardInterrupt:
         history.interrupted = True
+    except RuntimeError as error:
+        distributed.raise_peer_failure(error)
+        raise
     finally:
         if progress is not None:
             progress.stop()
@@ -412,16 +438,20 @@ class _Step:
         self.network, self.loss, self.optimizer, self.device = network, loss, optimizer, device
         self.config, self.average = config, average
         self.scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
+        self.embed = distributed.wrap(network, device)
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        self.unsynchronised = distributed.unsynchronised(trained, network)
 
     def __call__(self, batch: Any) -> Tensor:
         with autocast(self.config, self.device):
-            value = batch_loss(self.network, self.loss, to_device(batch, self.device))
+            value = batch_loss(self.network, self.loss, to_device(batch, self.device), self.embed)
         if not torch.isfinite(value):
             raise DataError(
                 f"the training loss became {value.item()} (NaN/inf in data or lr too high)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(value).backward()
+        distributed.average_gradients(self.unsynchronised)
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)

@@ -2,7 +2,12 @@
 
 Items are indexed in memory batch by batch (no per-item collation), which is what keeps small CNNs
 fast on a CPU. Each source has ``set_epoch(epoch)`` so epoch ``e`` draws the same batches whether
-training ran straight through or was resumed.
+training ran straight through or was resumed, and ``set_shard(rank, world_size)`` for data-parallel
+training: every process draws the global batch of ``world_size * batch_size`` items exactly as one
+process with that batch size would, and keeps its contiguous share of it
+(:func:`siamkit.distributed.shard_bounds`); a last global batch smaller than the number of processes
+is dropped, so no process gets an empty share. Per-item augmentation is drawn on the share only, so
+its random draws (not their distribution) differ from one process's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import Tensor
 
 from siamkit.data.labelled import LabelledData
 from siamkit.data.pairs import make_pairs, make_triplets
+from siamkit.distributed import shard_bounds
 from siamkit.errors import DataError
 
 Augment = Callable[[Tensor], Tensor]
@@ -41,11 +47,26 @@ class _EpochSource:
         if batch_size < 2:
             raise DataError(f"batch_size must be at least 2, got {batch_size}")
         self.data, self.batch_size, self.seed, self.augment = data, batch_size, seed, augment
-        self.epoch = 0
+        self.epoch, self.rank, self.world_size = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches ``__iter__`` yields next."""
         self.epoch = epoch
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Draw global batches of ``world_size * batch_size`` and yield share ``rank`` of each."""
+        shard_bounds(0, rank, world_size)  # checks the rank
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def global_batch(self) -> int:
+        """Items per step over all processes: ``world_size * batch_size``."""
+        return self.world_size * self.batch_size
+
+    def _shard(self, start: int, stop: int) -> slice:
+        """This rank's part of the global batch ``[start, stop)``."""
+        lo, hi = shard_bounds(stop - start, self.rank, self.world_size)
+        return slice(start + lo, start + hi)
 
     def _seed(self) -> int:
         return self.seed * 1_000_003 + self.epoch
@@ -70,14 +91,14 @@ class PairBatches(_EpochSource):
         self.pairs_per_epoch, self.positive_fraction = pairs_per_epoch, positive_fraction
 
     def __len__(self) -> int:
-        return -(-self.pairs_per_epoch // self.batch_size)
+        return -(-self.pairs_per_epoch // self.global_batch)
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Tensor]]:
         a, b, y = make_pairs(
             self.data.labels, self.pairs_per_epoch, self._seed(), self.positive_fraction
         )
-        for s in range(0, len(y), self.batch_size):
-            sl = slice(s, s + self.batch_size)
+        for s in range(0, len(y) - self.world_size + 1, self.global_batch):
+            sl = self._shard(s, min(s + self.global_batch, len(y)))
             yield self._take(a[sl]), self._take(b[sl]), y[sl]
 
 
@@ -96,12 +117,12 @@ class TripletBatches(_EpochSource):
         self.triplets_per_epoch = triplets_per_epoch
 
     def __len__(self) -> int:
-        return -(-self.triplets_per_epoch // self.batch_size)
+        return -(-self.triplets_per_epoch // self.global_batch)
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
         a, p, n = make_triplets(self.data.labels, self.triplets_per_epoch, self._seed())
-        for s in range(0, len(a), self.batch_size):
-            sl = slice(s, s + self.batch_size)
+        for s in range(0, len(a) - self.world_size + 1, self.global_batch):
+            sl = self._shard(s, min(s + self.global_batch, len(a)))
             yield self._take(a[sl]), self._take(p[sl]), self._take(n[sl])
 
 
@@ -130,16 +151,29 @@ class ClassBatches(_EpochSource):
             raise DataError(
                 f"batch_size ({batch_size}) must be a multiple of m_per_class ({m_per_class})"
             )
-        n_classes = len(data.class_ids())
-        if n_classes * m_per_class < batch_size:
-            raise DataError(
-                f"batch_size {batch_size} needs {batch_size // m_per_class} classes of "
-                f"{m_per_class}; the training set has {n_classes} classes"
-            )
         if groups_per_batch is not None and data.groups is None:
             raise DataError("groups_per_batch needs a dataset with groups (e.g. alphabets)")
         self.m_per_class, self.groups_per_batch = m_per_class, groups_per_batch
-        self.batches_per_epoch = batches_per_epoch or max(1, len(data) // batch_size)
+        self.requested_batches = batches_per_epoch
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        n_classes, size = len(self.data.class_ids()), self.global_batch
+        if n_classes * self.m_per_class < size:
+            across = f" ({self.world_size} processes)" if self.world_size > 1 else ""
+            raise DataError(
+                f"batch_size {size}{across} needs {size // self.m_per_class} classes of "
+                f"{self.m_per_class}; the training set has {n_classes} classes"
+            )
+
+    def set_shard(self, rank: int, world_size: int) -> None:  # noqa: D102
+        super().set_shard(rank, world_size)
+        self._check_classes()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches per epoch: as given, else one pass over the items."""
+        return self.requested_batches or max(1, len(self.data) // self.global_batch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -151,14 +185,15 @@ class ClassBatches(_EpochSource):
         else:
             batches = self._grouped_batches(torch.Generator().manual_seed(self._seed()))
         for idx in batches:
+            idx = idx[self._shard(0, len(idx))]
             yield self._take(idx), self.data.labels[idx]
 
     def _mixed_batches(self) -> list[Tensor]:
         sampler = MPerClassSampler(
             self.data.labels,
             self.m_per_class,
-            batch_size=self.batch_size,
-            length_before_new_iter=self.batches_per_epoch * self.batch_size,
+            batch_size=self.global_batch,
+            length_before_new_iter=self.batches_per_epoch * self.global_batch,
         )
         # The sampler draws from pytorch-metric-learning's numpy generator; seed it for this
         # epoch so a resumed run draws the same batches as one that ran straight through.
@@ -170,8 +205,8 @@ class ClassBatches(_EpochSource):
             order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         finally:
             pml_common.NUMPY_RANDOM = shared
-        usable = len(order) - len(order) % self.batch_size
-        return list(order[:usable].split(self.batch_size))
+        usable = len(order) - len(order) % self.global_batch
+        return list(order[:usable].split(self.global_batch))
 
     def _grouped_batches(self, gen: torch.Generator) -> list[Tensor]:
         labels, groups = self.data.labels, self.data.groups
@@ -180,7 +215,7 @@ class ClassBatches(_EpochSource):
         class_group[labels] = groups
         members = {int(c): (labels == c).nonzero().flatten() for c in classes}
         group_ids = groups.unique()
-        n_classes = self.batch_size // self.m_per_class
+        n_classes = self.global_batch // self.m_per_class
         batches = []
         for _ in range(self.batches_per_epoch):
             order = group_ids[torch.randperm(len(group_ids), generator=gen)]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from siamkit.data.labelled import LabelledData
 from siamkit.data.paths import dataset_dir
+from siamkit.distributed import shard_bounds
 from siamkit.errors import DataError
 
 STSB_SPLITS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
@@ -182,7 +183,8 @@ class TextPairBatches:
     With several pair sets (e.g. STS-B train and MRPC train) every batch comes from one set, so
     a ranking loss only compares targets of one dataset; the batches of all sets are shuffled
     together. The order depends only on ``seed`` and the epoch set by :meth:`set_epoch`, so
-    training is reproducible and resumable.
+    training is reproducible and resumable. With :meth:`set_shard` (data-parallel training) the
+    batches are drawn with ``world_size * batch_size`` pairs and each process yields its share.
     """
 
     def __init__(
@@ -193,28 +195,33 @@ class TextPairBatches:
             raise DataError("text pair batches: a pair set is empty")
         self.batch_size = batch_size
         self.seed = seed
-        self.epoch = 0
+        self.epoch, self.rank, self.world_size = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffling of epoch ``epoch``."""
         self.epoch = epoch
 
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Draw global batches of ``world_size * batch_size`` pairs and yield share ``rank``."""
+        shard_bounds(0, rank, world_size)  # checks the rank
+        self.rank, self.world_size = rank, world_size
+
     def __len__(self) -> int:
-        return sum(-(-len(source) // self.batch_size) for source in self.sources)
+        size = self.batch_size * self.world_size
+        return sum(-(-len(source) // size) for source in self.sources)
 
     def __iter__(self) -> Iterator[tuple[list[str], list[str], Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        batches = []
+        batches, size = [], self.batch_size * self.world_size
         for source in self.sources:
             order = torch.randperm(len(source), generator=generator)
-            batches += [
-                (source, order[i : i + self.batch_size])
-                for i in range(0, len(order), self.batch_size)
-            ]
+            last = len(order) - self.world_size + 1  # no process gets an empty share
+            batches += [(source, order[i : i + size]) for i in range(0, last, size)]
         if len(self.sources) > 1:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         for source, indices in batches:
-            batch = source.subset(indices)
+            start, stop = shard_bounds(len(indices), self.rank, self.world_size)
+            batch = source.subset(indices[start:stop])
             yield batch.a, batch.b, batch.scores
 
 
