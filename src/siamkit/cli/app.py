@@ -58,7 +58,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-COMMAND_MODULES = ("core", "gallery", "text", "serve", "export")
+COMMAND_MODULES = ("core", "gallery", "text", "serve", "export", "ensemble", "tune", "explain")
 
 
 def register_commands() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from siamkit.cli.app import app, console, print_table
+from siamkit.cli.tune import TRACK_HELP, TRACK_URI_HELP
 from siamkit.errors import DataError
 
 
@@ -32,18 +33,27 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Override the recipe's data_dir.")] = None,
+    track: Annotated[str | None, typer.Option(help=TRACK_HELP)] = None,
+    track_uri: Annotated[str | None, typer.Option(help=TRACK_URI_HELP)] = None,
 ) -> None:
     """Train a model from a recipe (images, text: any file in configs/); writes OUT/model,
     checkpoints and report.json. Under `torchrun --nproc-per-node N -m siamkit train ...` the
     N processes train data-parallel (docs/distributed.md)."""
     from siamkit import distributed
     from siamkit.recipe import load_recipe, run_recipe
+    from siamkit.tracking import recipe_params, tracked_run
 
     recipe = load_recipe(config)
     out = out or Path("runs") / config.stem
     with distributed.session(recipe.training.device):
-        result = run_recipe(recipe, out, resume=resume, data_dir=data_dir)
-        if not distributed.is_main():
+        main = distributed.is_main()  # rank 0 alone is tracked
+        track, track_uri = (track, track_uri) if main else (None, None)
+        with tracked_run(track, out, track_uri, config.stem, recipe_params(recipe)) as run:
+            callbacks = [run.epoch_callback] if run is not None else []
+            result = run_recipe(recipe, out, resume, data_dir, callbacks=callbacks)
+            if run is not None:
+                run.log_result(result)
+        if not main:
             return
     rows = [{"metric": k, "value": v} for k, v in result.test.items()]
     rows += [{"metric": k, "value": str(v)} for k, v in result.fewshot.items()]
