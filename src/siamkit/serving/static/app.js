@@ -290,6 +290,12 @@ function detailsList(data, skip) {
   return list.children.length ? list : null;
 }
 
+/** " (88%–96%)": a calibrated probability's bootstrap interval, or "" without one. */
+function intervalText(interval) {
+  return Array.isArray(interval) && interval.length === 2
+    ? ` (${percent(interval[0])}–${percent(interval[1])})` : "";
+}
+
 function renderVerify(target, data) {
   const same = data.decision === "same";
   const probability = typeof data.probability === "number" ? data.probability : null;
@@ -298,7 +304,7 @@ function renderVerify(target, data) {
     el("span", { class: "verdict-word", text: same ? "Same" : "Different" }),
     el("span", { class: "verdict-sub",
       text: probability === null ? `score ${fmt(data.score)} ${same ? "≥" : "<"} threshold ${fmt(data.threshold)}`
-        : `P(same) ${percent(probability)}` })
+        : `P(same) ${percent(probability)}${intervalText(data.probability_interval)}` })
   );
   const figures = el("dl", { class: "figures" },
     el("div", {}, el("dt", { text: "Score" }), el("dd", { "data-field": "score", text: fmt(data.score) })),
@@ -321,7 +327,10 @@ function renderIdentify(target, data) {
   const scale = scaleOf([data.threshold, ...(data.candidates || []).map((c) => c.score)]);
   for (const c of data.candidates || []) {
     candidates.append(el("li", {}, el("span", { class: "cand-name", text: c.name }),
-      scoreBar(c.score, data.threshold, scale), el("span", { class: "cand-score", text: fmt(c.score) })));
+      scoreBar(c.score, data.threshold, scale), el("span", { class: "cand-score", text: fmt(c.score) }),
+      typeof c.probability === "number"
+        ? el("span", { class: "cand-probability", "data-field": "probability", text: `P ${percent(c.probability)}` })
+        : null));
   }
   const skip = new Set(["identity", "score", "threshold", "candidates"]);
   target.replaceChildren(el("div", { class: "card" }, verdict,
