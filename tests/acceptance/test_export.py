@@ -1,13 +1,17 @@
 """Export on real data: a briefly trained faces model and all-MiniLM-L6-v2 give, through ONNX
 Runtime, the eager embeddings (<= 1e-4) and the same decision on every test pair at the saved
 threshold; int8's change of the headline metric is measured. A fresh venv with only the runtime
-packages (no torch) verifies two real face images with an exported folder."""
+distribution siamkit-runtime (no torch) verifies two real face images with an exported folder
+and serves it: one /v1/verify over loopback."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from siamkit.runtime import load_onnx
 
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_PACKAGES = ["onnxruntime", "numpy", "pillow", "tokenizers"]
+RUNTIME_DIST = ROOT / "packaging" / "runtime"  # the siamkit-runtime distribution (no torch)
 # Parity is exact up to float rounding (measured max abs diff 2.4-2.7e-07 on both tasks, 0 pairs
 # decided differently); a wrong graph, layout or preprocessing gives differences of order 0.1-1.
 # int8 moved the faces EER by 0.00-0.03 points and the STS-B Spearman by 0.14 points.
@@ -121,21 +125,60 @@ def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
-def test_venv_without_torch_verifies_two_faces(faces_model, tmp_path):
-    """Builds a venv (no system site-packages) with the runtime packages from the pip cache or
-    the registry and siamkit itself without its dependencies; skips if pip cannot install."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve_and_verify(command: Path, folder: Path, env: dict, files: dict, log: Path) -> dict:
+    """Start ``siamkit-runtime serve FOLDER`` on a free loopback port, wait for /ready, post one
+    /v1/verify with two image files, stop the server; the /ready and /v1/verify bodies."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(command), "serve", str(folder), "--no-auth", "--port", str(port),
+             "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"never ready: {log.read_text()[-2000:]}"
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        upload = {name: (path.name, path.read_bytes()) for name, path in files.items()}
+        answer = httpx.post(f"{url}/v1/verify", files=upload, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return {"ready": ready.json(), "verify": answer.json()}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_venv_without_torch_verifies_and_serves_two_faces(faces_model, tmp_path):
+    """Builds a venv (no system site-packages) with the siamkit-runtime distribution
+    (packaging/runtime, the command docs/export.md gives) from the configured package index, and
+    no torch: ``siamkit-runtime verify`` scores two real faces as eager torch does; with its
+    ``serve`` extra, ``siamkit-runtime serve`` answers a /v1/verify on loopback. Skips if pip
+    cannot install."""
     root = dataset_or_skip("att_faces")
     folder = export_onnx(faces_model, tmp_path / "export")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    installed = _pip(python, *RUNTIME_PACKAGES)
+    python, command = env_dir / "bin" / "python", env_dir / "bin" / "siamkit-runtime"
+    installed = _pip(python, str(RUNTIME_DIST))
     if installed.returncode != 0:
-        pytest.skip(f"pip could not install {RUNTIME_PACKAGES} (offline?): "
+        pytest.skip(f"pip could not install {RUNTIME_DIST} (offline?): "
                     f"{installed.stderr.strip().splitlines()[-1:]}")  # fmt: skip
-    built = _pip(python, "--no-deps", str(ROOT))
-    if built.returncode != 0:
-        pytest.skip(f"pip could not build siamkit (setuptools offline?): {built.stderr[-300:]}")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, env=env)
     assert no_torch.returncode != 0  # torch is really absent
@@ -143,18 +186,28 @@ def test_venv_without_torch_verifies_two_faces(faces_model, tmp_path):
     rows = []
     for second in (b, other):
         run = subprocess.run(
-            [str(python), "-m", "siamkit.runtime", "verify", str(folder), str(a), str(second)],
+            [str(command), "verify", str(folder), str(a), str(second)],
             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
-        rows.append(__import__("json").loads(run.stdout))
+        rows.append(json.loads(run.stdout))
     eager = siamkit.load(faces_model)
     for row, second in zip(rows, (b, other), strict=True):
         want = float(eager.score([a], [second])[0])
         assert abs(row["score"] - want) <= 1e-5
         assert row["decision"] == ("same" if want >= eager.threshold else "different")
-    bad = subprocess.run([str(python), "-m", "siamkit.runtime", "verify", str(folder), str(a),
+    bad = subprocess.run([str(command), "verify", str(folder), str(a),
                           str(tmp_path / "missing.pgm")], capture_output=True, text=True,
                          env=env)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "no such file" in bad.stderr
     assert sys.executable != str(python)
+    served = _pip(python, f"{RUNTIME_DIST}[serve]")
+    if served.returncode != 0:
+        pytest.skip(f"pip could not install the serve extra (offline?): {served.stderr[-300:]}")
+    answer = _serve_and_verify(command, folder, env, {"a": a, "b": other}, tmp_path / "serve.log")
+    assert answer["ready"]["runtime"] == "onnx" and answer["ready"]["kind"] == "image"
+    want = float(eager.score([a], [other])[0])
+    assert abs(answer["verify"]["score"] - want) <= 1e-5
+    assert answer["verify"]["decision"] == ("same" if want >= eager.threshold else "different")
+    still = subprocess.run([str(python), "-c", "import torch"], capture_output=True, env=env)
+    assert still.returncode != 0  # the serve extra brought no torch either
