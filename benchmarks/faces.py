@@ -65,6 +65,16 @@ def fold_recipe(config: Path, fold: int, epochs: int | None, **data_params: Any)
     return parse_recipe(raw, str(config))
 
 
+def test_files(recipe: Any) -> LabelledData:
+    """The raw ``.pgm`` files of the recipe's test people (read through a model's saved
+    preprocessing, as a user's images would be), labelled by their folder."""
+    files = class_files(dataset_dir("att_faces", recipe.data_dir))
+    splits = build_dataset(recipe.data.name, recipe.data_dir, **recipe.data.params)
+    names = [splits.test.classes[int(c)] for c in splits.test.class_ids()]
+    people = torch.tensor([files.classes.index(c) for c in names], dtype=torch.long)
+    return files.subset(torch.isin(files.labels, people).nonzero().squeeze(1))
+
+
 def zero_shot(recipe: Any, people: LabelledData, trials: int) -> dict[str, float]:
     """Metrics of the pre-trained network (no fine-tuning) on ``people``."""
     network, _ = build_network(recipe)  # with its init_weights
@@ -104,11 +114,9 @@ def run_fold(
     train_s = time.perf_counter() - start
     calibrated = calibrate_model(result.model_dir, far=0.01)  # on the validation people
     model = siamkit.load(result.model_dir)
-    files = class_files(dataset_dir("att_faces", recipe.data_dir))
     splits = build_dataset(recipe.data.name, recipe.data_dir, **recipe.data.params)
-    names = [splits.test.classes[int(c)] for c in splits.test.class_ids()]
-    test_people = torch.tensor([files.classes.index(c) for c in names], dtype=torch.long)
-    test = files.subset(torch.isin(files.labels, test_people).nonzero().squeeze(1))
+    test = test_files(recipe)
+    test_people = test.class_ids()
     start = time.perf_counter()
     embeddings = model.embed(test.items).numpy()  # raw .pgm files, saved preprocessing
     threshold = cosine_threshold(model)

@@ -197,7 +197,7 @@ def gallery_threshold(
     source = f"{folds} cross-fitted folds" if folds else "validation people"
     print_table(
         f"thresholds per gallery size ({found['trials']} stranger probes of {found['people']} "
-        f"{source})",
+        f"people, {source})",
         [{"people enrolled": r["size"], "cosine": r["cosine"],
           "FAR 95% interval": f"{r['far_low']:.2%}-{r['far_high']:.2%}",
           "note": "extrapolated" if r["extrapolated"] else ""}

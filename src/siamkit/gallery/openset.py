@@ -31,7 +31,9 @@ from siamkit.errors import DataError
 from siamkit.gallery import unit_vectors
 
 SIZES = (*range(1, 11), 12, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
-SUPPORT_FACTOR = 3.0  # warn when the data's upper FAR bound exceeds this many times the asked rate
+SUPPORT_FACTOR = (
+    4.0  # warn when the upper end of the FAR interval exceeds this many times the rate asked
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def threshold_at_stranger_far(groups: Sequence[ProbeScores], far: float, size: i
     values = np.unique(np.concatenate([g.scores[~np.isnan(g.scores)] for g in groups]))
     if not len(values):
         raise DataError("no impostor scores to calibrate a threshold on")
-    candidates = np.append(values, np.nextafter(values[-1], np.float32(np.inf)))
+    # the lowest threshold of a rate sits just above a rejected score (or at the lowest score)
+    candidates = np.append(values[:1], np.nextafter(values, np.float32(np.inf)))
     lo, hi = 0, len(candidates) - 1  # stranger_far is non-increasing in t; hi always passes
     while lo < hi:
         mid = (lo + hi) // 2
@@ -171,7 +174,7 @@ def support_warning(row: dict[str, Any]) -> str | None:
     if row["extrapolated"]:
         return (
             f"a gallery of {row['size']} people is larger than the calibration data's galleries: "
-            "its threshold is extrapolated (assumes independent comparisons given the probe)"
+            "its threshold is extrapolated (independent comparisons at the pooled pair rate)"
         )
     if row["far_high"] > SUPPORT_FACTOR * row["far"]:
         least = SUPPORT_FACTOR / row["trials"]

@@ -1,0 +1,200 @@
+"""Open-set thresholds that keep their promise: FAR per stranger probe at the gallery's size.
+
+For each faces recipe (the pre-trained face ResNet fine-tuned, and the Conv-4 from scratch) and
+each people-disjoint fold (24 training, 4 validation, 12 test people), it trains the recipe (the
+deployed model), then sets its open-set thresholds with ``siamkit.gallery.calibration`` for
+FAR = 1% of stranger probes at each gallery size:
+
+- ``crossfit``: the fold's 28 training + validation people cut into 4 folds of 7; the recipe is
+  trained again without each fold (pre-trained recipe: fine-tuned for only ``CROSSFIT_EPOCHS``
+  epochs, to stay affordable) and embeds that fold's people: 280 stranger probes, each against
+  6 people scored by a model that never saw them (``siamkit gallery-threshold MODEL --folds 4``);
+- ``validation``: the 4 validation people scored by the deployed model (``--folds 0``): 40
+  stranger probes, galleries of more than 3 people extrapolated;
+- ``pair``: the former contract, 1% of impostor *pairs* (the size-1 row of the cross-fitted
+  table), for comparison.
+
+Each threshold (for a gallery of 6) is then measured on the fold's 12 test people, with the
+protocol of ``siamkit.evaluation.faces_eval.open_set``: 6 people enrolled (1 image each), the 60
+images of the other 6 as stranger probes, 10 random trials. FAR = share of stranger probes
+accepted, DIR = share of enrolled people's probes identified correctly at or above the threshold.
+
+    .venv/bin/python benchmarks/trust.py --parts openset          # both recipes, folds 0-2
+    .venv/bin/python benchmarks/trust.py --parts openset --quick  # fold 0, 2 epochs (smoke run)
+
+Each fold's row is saved under ``runs/bench_trust_openset/`` and reused when run again (trained
+models and cross-fitted folds too), so an interrupted run resumes. ``SIAMKIT_OPENSET_RECIPES``
+(comma-separated recipe names) and ``SIAMKIT_OPENSET_FOLDS`` (e.g. ``0``) limit a run, e.g. to run
+two recipes in parallel; ``SIAMKIT_OPENSET_FINISHED_ONLY=1`` reports the folds finished so far
+(and names the missing ones) without training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import siamkit
+from benchmark_parts import PartResult
+from benchmarks_common import console, markdown_table
+from faces import fold_recipe, test_files
+from siamkit.evaluation.faces_eval import open_set
+from siamkit.gallery.calibration import calibrate_model
+from siamkit.gallery.openset import threshold_for_size
+from siamkit.recipe import parse_recipe, run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "bench_trust_openset"
+RECIPES = {  # name -> (config, epochs of each cross-fitted model; None: the recipe's)
+    "faces-pretrained": (ROOT / "configs" / "faces-pretrained.yaml", 1),
+    "faces": (ROOT / "configs" / "faces.yaml", None),
+}
+HEADLINE = "faces-pretrained"
+FOLDS, CROSSFIT_FOLDS, FAR, TRIALS, GALLERY = [0, 1, 2], 4, 0.01, 10, 6
+FOLDS_VAR, FINISHED_VAR = "SIAMKIT_OPENSET_FOLDS", "SIAMKIT_OPENSET_FINISHED_ONLY"
+
+
+def deployed_model(config: Path, fold: int, out: Path, epochs: int | None) -> Path:
+    """Train the recipe on the fold (once: a finished run is reused) and return its model."""
+    recipe = fold_recipe(config, fold, epochs)
+    raw = recipe.model_dump(mode="json")
+    raw["evaluation"]["plots"] = False
+    if not (out / "report.json").is_file():
+        run_recipe(parse_recipe(raw, str(config)), out, resume=(out / "checkpoint").is_dir())
+    return out / "model"
+
+
+def measured(x: np.ndarray, y: np.ndarray, threshold: float, seed: int) -> dict[str, float]:
+    """FAR and DIR of ``threshold`` on the test people (6 enrolled, 6 strangers, 10 trials)."""
+    found = open_set(x, y, trials=TRIALS, seed=seed, far=FAR, threshold=threshold)
+    return {"far": found["far_at_threshold"], "dir": found["dir_at_threshold"]}
+
+
+def run_dir(name: str, fold: int, quick: bool) -> Path:
+    return OUT / ("quick" if quick else "full") / name / f"fold{fold}"
+
+
+def fold_row(name: str, fold: int, quick: bool) -> dict[str, Any]:
+    """Train, calibrate (validation people, then cross-fitted) and measure one fold."""
+    config, crossfit_epochs = RECIPES[name]
+    out = run_dir(name, fold, quick)
+    saved = out / "openset.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    epochs = 2 if quick else None
+    model_dir = deployed_model(config, fold, out, epochs)
+    on_val = calibrate_model(model_dir, far=FAR, folds=0)
+    crossfit = calibrate_model(
+        model_dir, far=FAR, folds=CROSSFIT_FOLDS, work_dir=out / "crossfit",
+        epochs=1 if quick else crossfit_epochs, show_progress=False,
+    )  # fmt: skip
+    model = siamkit.load(model_dir)
+    test = test_files(fold_recipe(config, fold, epochs))
+    x, y = model.embed(test.items).numpy(), test.labels.numpy()
+    seed = model.config.extra["recipe"]["seed"]
+    row: dict[str, Any] = {"recipe": name, "fold": fold, "test_probes": len(y)}
+    pair = crossfit["sizes"][0]
+    for method, calibration in (("crossfit", crossfit), ("validation", on_val)):
+        sized = threshold_for_size(calibration, GALLERY)
+        row[method] = {
+            "threshold": sized["cosine"],
+            "trials": sized["trials"],
+            "people": calibration["people"],
+            "far_interval": [sized["far_low"], sized["far_high"]],
+            "extrapolated": sized["extrapolated"],
+            "warning": sized["warning"],
+            **measured(x, y, sized["cosine"], seed),
+        }
+    row["pair"] = {"threshold": pair["cosine"], **measured(x, y, pair["cosine"], seed)}
+    row["crossfit_epochs"] = 1 if quick else crossfit_epochs or "recipe"
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def summary(rows: list[dict[str, Any]], method: str, key: str) -> tuple[float, float]:
+    values = [r[method][key] for r in rows]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def run(quick: bool) -> PartResult:
+    torch.set_num_threads(1)
+    chosen = os.environ.get("SIAMKIT_OPENSET_RECIPES", ",".join(RECIPES)).split(",")
+    folds = FOLDS[:1] if quick else [int(f) for f in os.environ.get(FOLDS_VAR, "0,1,2").split(",")]
+    finished_only = os.environ.get(FINISHED_VAR) == "1"
+    rows, missing = [], []
+    for name in [n for n in RECIPES if n in chosen]:
+        for fold in folds:
+            if finished_only and not (run_dir(name, fold, quick) / "openset.json").is_file():
+                missing.append(f"{name} fold {fold}")
+                continue
+            console.rule(f"open-set thresholds: {name}, fold {fold}")
+            rows.append(fold_row(name, fold, quick))
+            console.print(rows[-1])
+    by_recipe = {n: [r for r in rows if r["recipe"] == n] for n in RECIPES}
+    by_recipe = {n: rs for n, rs in by_recipe.items() if rs}
+    head = by_recipe.get(HEADLINE) or next(iter(by_recipe.values()))
+    figures = {
+        "faces_far_at_threshold": summary(head, "crossfit", "far")[0],
+        "faces_dir_at_threshold": summary(head, "crossfit", "dir")[0],
+    }
+    means = [
+        {
+            "recipe": n,
+            "threshold from": method,
+            "FAR (mean ± std over folds)": "{:.2%} ± {:.2%}".format(*summary(rs, method, "far")),
+            "DIR": "{:.2%} ± {:.2%}".format(*summary(rs, method, "dir")),
+        }
+        for n, rs in by_recipe.items()
+        for method in ("crossfit", "validation", "pair")
+    ]
+    per_fold = [
+        {
+            "recipe": r["recipe"],
+            "fold": r["fold"],
+            "from": method,
+            "cosine": round(r[method]["threshold"], 4),
+            "stranger probes": r[method].get("trials", "-"),
+            "FAR interval (calibration, 95%)": "{:.2%}-{:.2%}".format(*r[method]["far_interval"])
+            if "far_interval" in r[method]
+            else "-",
+            "FAR (test)": f"{r[method]['far']:.2%}",
+            "DIR (test)": f"{r[method]['dir']:.2%}",
+            "warning": r[method].get("warning") or "",
+        }
+        for r in rows
+        for method in ("crossfit", "validation", "pair")
+    ]
+    target = figures["faces_far_at_threshold"] <= 0.02
+    markdown = (
+        "Threshold set for FAR = 1% of stranger probes at a gallery of 6 people; measured on "
+        "each fold's 12 test people (6 enrolled with 1 image each, the other 6 people's 60 "
+        f"images as strangers, {TRIALS} random trials). `crossfit`: calibrated on the fold's 28 "
+        f"training + validation people through {CROSSFIT_FOLDS} cross-fitted models "
+        "(pre-trained recipe: each fine-tuned "
+        f"{RECIPES['faces-pretrained'][1]} epochs instead of the recipe's 8; Conv-4: the "
+        "recipe's epochs); `validation`: on the deployed model's 4 validation people; `pair`: "
+        "the former contract (1% of impostor pairs). The FAR interval is the Clopper-Pearson "
+        "95% interval the calibration data support (stranger probes as trials).\n\n"
+        f"Headline (`{HEADLINE}`, crossfit): FAR {figures['faces_far_at_threshold']:.2%}, "
+        f"DIR {figures['faces_dir_at_threshold']:.2%}; target FAR <= 2%: "
+        f"{'met' if target else 'NOT met'}.\n\n"
+        "### Mean over folds\n\n"
+        + markdown_table(means)
+        + "\n### Per recipe and fold\n\n"
+        + markdown_table(per_fold)
+    )
+    if missing:
+        markdown += (
+            f"\nNot run (not finished in the time of this run): {', '.join(missing)}; the means "
+            "above are over the folds listed.\n"
+        )
+    details = {
+        "rows": rows, "target_far_le_2pct": target, "gallery_size": GALLERY, "missing": missing,
+    }  # fmt: skip
+    return PartResult(figures=figures, markdown=markdown, details=details, seed=0)
