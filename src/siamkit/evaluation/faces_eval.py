@@ -92,7 +92,8 @@ def open_set(
 ) -> dict[str, float]:
     """DIR at FAR = ``far`` with half the people enrolled (one image each), half impostors.
 
-    With a ``threshold`` (e.g. the model's calibrated one) also the DIR and FAR at it.
+    With a ``threshold`` (e.g. the model's calibrated one for a gallery of half the people)
+    also the DIR and FAR (the share of stranger probes accepted) at it.
     """
     x, y = unit_vectors(embeddings), np.asarray(labels)
     people = np.unique(y)
@@ -162,8 +163,8 @@ def evaluate_faces(model: Model, root: Path) -> Report:
     from siamkit.gallery.images import cosine_threshold
 
     data, notes = unseen_part(model, class_files(root), root, PEOPLE)
-    threshold = cosine_threshold(model)
     x, y = model.embed(data.items).numpy(), data.labels.numpy()
+    threshold = cosine_threshold(model, len(np.unique(y)) // 2)  # open_set enrolls half
     metrics = {**verification_metrics(x, y), **closed_set(x, y)}
     if len(np.unique(y)) >= OPEN_SET_PEOPLE:
         metrics |= open_set(x, y, threshold=threshold)
@@ -171,7 +172,10 @@ def evaluate_faces(model: Model, root: Path) -> Report:
         notes.append(f"open-set identification skipped: it needs {OPEN_SET_PEOPLE} people")
     rows = [{"metric": k, "value": v} for k, v in metrics.items()]
     shown = "none" if threshold is None else f"{threshold:.4f}"
-    notes.append(f"{len(data)} images; open-set threshold from the model: {shown}")
+    notes.append(
+        f"{len(data)} images; open-set threshold from the model for a gallery of "
+        f"{len(np.unique(y)) // 2} people: {shown}"
+    )
     if model.config.extra.get("recipe", {}).get("init_weights"):
         notes.append("the encoder started from pre-trained weights, whose training people are "
                      "not known here")  # fmt: skip
