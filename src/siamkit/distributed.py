@@ -228,7 +228,81 @@ def _collective_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient is summed over ranks too (each rank's loss is the whole
+    batch's, see :class:`_GatherWithGrad`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 # --- the model --------------------------------------------------------------------------------
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the global batch on any device (torch's own
+    :class:`~torch.nn.SyncBatchNorm` runs on GPUs only): in training the per-channel sums of
+    every rank's share are added up, so the statistics, the running averages and the gradients
+    are those of one process with the whole batch. Same tensors (and state_dict keys) as the
+    BatchNorm it replaces; in eval mode or one process it is that BatchNorm."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of 2 or more dimensions, got {x.dim()}")
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        local = torch.cat(
+            [xf.sum(dims), (xf * xf).sum(dims), xf.new_tensor([xf.numel() / x.shape[1]])]
+        )
+        total = _AllReduceSum.apply(local)
+        c, n = x.shape[1], total[-1]
+        mean = total[:c] / n
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            self._update_running(mean.detach(), var.detach() * n / (n - 1).clamp_min(1))
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        m = self.momentum
+        if m is None:  # cumulative moving average, as in torch's BatchNorm
+            m = 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), m)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """``module`` with every BatchNorm1d/2d/3d replaced by this class, sharing its
+        parameters and buffers (so an optimiser built before keeps working)."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine,
+                       module.track_running_stats)  # fmt: skip
+            sync.weight, sync.bias = module.weight, module.bias
+            sync.running_mean, sync.running_var = module.running_mean, module.running_var
+            sync.num_batches_tracked = module.num_batches_tracked
+            sync.train(module.training)
+            return sync
+        for name, child in module.named_children():
+            module._modules[name] = cls.convert(child)
+        return module
 
 
 class Embedder(nn.Module):
@@ -249,8 +323,14 @@ class Embedder(nn.Module):
         return tuple(self.network(*inputs))
 
 
-def wrap(network: nn.Module, device: torch.device) -> Callable[..., tuple[Tensor, ...]]:
-    """The network's :class:`Embedder`, inside DistributedDataParallel when a group runs."""
+def wrap(
+    network: nn.Module, device: torch.device, sync_batchnorm: bool = True
+) -> Callable[..., tuple[Tensor, ...]]:
+    """The network's :class:`Embedder`, inside DistributedDataParallel when a group runs; with
+    ``sync_batchnorm`` the encoder's BatchNorm layers normalise over the global batch first
+    (:class:`SyncBatchNorm`, replaced in place)."""
+    if is_distributed() and sync_batchnorm:
+        SyncBatchNorm.convert(network.encoder)
     embedder = Embedder(network)
     if not is_distributed():
         return embedder

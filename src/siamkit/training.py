@@ -82,6 +82,11 @@ class TrainConfig(BaseModel):
         "e.g. 0.999 per step); validation, the best weights and the result use the average",
     )
     threads: int | None = Field(None, ge=1)
+    sync_batchnorm: bool = Field(
+        True,
+        description="data-parallel training: BatchNorm statistics over the global batch of all "
+        "processes (as one process with that batch), not each process's share",
+    )
 
 
 @dataclass
@@ -438,7 +443,7 @@ class _Step:
         self.network, self.loss, self.optimizer, self.device = network, loss, optimizer, device
         self.config, self.average = config, average
         self.scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
-        self.embed = distributed.wrap(network, device)
+        self.embed = distributed.wrap(network, device, config.sync_batchnorm)
         trained = [p for group in optimizer.param_groups for p in group["params"]]
         self.unsynchronised = distributed.unsynchronised(trained, network)
 

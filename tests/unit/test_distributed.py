@@ -20,6 +20,7 @@ from siamkit.checkpoint import load_tensors, save_tensors
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
 from siamkit.data.labelled import LabelledData
 from siamkit.data.text import TextPairBatches, TextPairs
+from siamkit.encoders.conv import Conv4
 from siamkit.encoders.vector import MLPEncoder
 from siamkit.heads import EuclideanHead
 from siamkit.losses import ContrastiveLoss, MinedTripletLoss
@@ -31,9 +32,10 @@ STEPS = 3  # global steps per epoch
 # Float tolerance on the weights after 2 epochs x 3 SGD steps: the two runs add the same terms in
 # another order (the gradient is the mean of 2 shard means, all-reduced, instead of one mean over
 # 16 items; a batch of 8 takes other matmul kernels than one of 16), which moves float32 results by
-# ~1e-7 relative per step. Measured: max |diff| MEASURED_PAIRS (pairs), MEASURED_MINED (mined). A
-# rank training on its shard alone (no all-gather of embeddings) differs by far more (see
-# test_each_rank_alone_differs). SGD, not Adam: the last bias of a Euclidean twin network cancels
+# ~1e-7 relative per step. Measured: max |diff| 1.5e-8 (pairs), 1.2e-7 (mined, conv + BatchNorm).
+# Broken variants differ by far more: a rank training on its shard alone (no all-gather of
+# embeddings), or BatchNorm statistics per rank (sync_batchnorm off: 0.10, see
+# test_broken_variants_differ). SGD, not Adam: the last bias of a Euclidean twin network cancels
 # in e1 - e2, so its gradient is 0 in exact arithmetic and +-1e-9 float noise in either run, and
 # Adam turns any nonzero gradient into a step of ~lr (measured: that bias alone differed by 7.7e-3
 # = 0.77 lr with Adam, every other weight by <= 3e-8).
@@ -49,23 +51,40 @@ def synthetic() -> LabelledData:
 
 
 def twin_mlp() -> SiameseNetwork:
-    """The small twin network every run starts from (seeded)."""
+    """The small twin network every pair run starts from (seeded)."""
     torch.manual_seed(0)
     return SiameseNetwork(MLPEncoder(16, (32,), 8), EuclideanHead())
 
 
-def train(kind: str, batch_size: int, out: Path, epochs: int = 2, resume: bool = False) -> dict:
-    """Train the small twin MLP with a pair loss or batch-hard mining; return its weights."""
-    network = twin_mlp()
+def twin_conv() -> SiameseNetwork:
+    """A twin Conv-4 block with BatchNorm on 4x4 images (seeded): mined runs check that batch
+    statistics are taken over the global batch too."""
+    torch.manual_seed(0)
+    return SiameseNetwork(Conv4(1, 4, channels=4, blocks=1, embedding_dim=8), EuclideanHead())
+
+
+def train(
+    kind: str, batch_size: int, out: Path, epochs: int = 2, resume: bool = False, sync: bool = True
+) -> dict:
+    """Train a small twin network with a pair loss (MLP) or batch-hard mining (conv + BatchNorm);
+    return its weights."""
     data = synthetic()
     if kind == "pairs":
-        loss = ContrastiveLoss(margin=2.0)
+        network, loss = twin_mlp(), ContrastiveLoss(margin=2.0)
         batches = PairBatches(data, pairs_per_epoch=STEPS * 2 * B, batch_size=batch_size)
     else:
-        loss = MinedTripletLoss(margin=0.2, mining="batch_hard")
-        batches = ClassBatches(data, batch_size, m_per_class=2, batches_per_epoch=STEPS)
+        network, loss = twin_conv(), MinedTripletLoss(margin=0.2, mining="batch_hard")
+        images = LabelledData(data.items.view(-1, 1, 4, 4), data.labels)
+        batches = ClassBatches(images, batch_size, m_per_class=2, batches_per_epoch=STEPS)
     config = TrainConfig(
-        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, seed=0, device="cpu", threads=1
+        epochs=epochs,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        seed=0,
+        device="cpu",
+        threads=1,
+        sync_batchnorm=sync,
     )
     fit(network, loss, batches, config, out, resume=resume, show_progress=False)
     return network.state_dict()
@@ -79,6 +98,9 @@ def _ddp_worker(folder: str) -> None:
         weights = train(kind, B, out, epochs=2, resume=True)
         if distributed.is_main():
             save_tensors(Path(folder) / f"{kind}.safetensors", weights)
+    unsynced = train("mined", B, Path(folder) / "unsynced", sync=False)
+    if distributed.is_main():
+        save_tensors(Path(folder) / "unsynced.safetensors", unsynced)
 
 
 class _DiesOnRankOne:
@@ -129,16 +151,22 @@ def test_two_processes_match_one_with_the_global_batch(ddp_run, tmp_path, kind):
     assert set(ddp) == set(reference)
     diff = max(float((ddp[k] - reference[k]).abs().max()) for k in reference)
     assert diff <= TOLERANCE, f"{kind}: max |weight difference| {diff:.3g}"
-    start = twin_mlp().state_dict()
+    start = (twin_mlp() if kind == "pairs" else twin_conv()).state_dict()
     assert max(float((reference[k] - start[k]).abs().max()) for k in start) > 100 * TOLERANCE
 
 
-def test_each_rank_alone_differs(ddp_run, tmp_path):
-    """The tolerance separates: one process with batch B (a rank's shard, no gathering) ends far
-    from the 2-process run, so the equivalence test can fail."""
-    alone = train("mined", B, tmp_path)
-    ddp = load_tensors(ddp_run / "mined.safetensors")
-    assert max(float((ddp[k] - alone[k]).abs().max()) for k in alone) > 100 * TOLERANCE
+def test_broken_variants_differ(ddp_run, tmp_path):
+    """The tolerance separates: one process with batch B (what a rank computes without gathering
+    the others' embeddings), and 2 processes with per-rank BatchNorm statistics, end far from the
+    global-batch run, so the equivalence test can fail."""
+    reference = train("mined", 2 * B, tmp_path)
+    for broken in (
+        train("mined", B, tmp_path / "alone"),
+        load_tensors(ddp_run / "unsynced.safetensors"),
+    ):
+        assert (
+            max(float((broken[k] - reference[k]).abs().max()) for k in reference) > 100 * TOLERANCE
+        )
 
 
 def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path, monkeypatch):
