@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -217,3 +218,18 @@ def test_serve_command_checks_the_folder_for_its_runtime(folders, capsys, monkey
     assert len(err.strip().splitlines()) == 1
     assert main(["serve", str(model), "--runtime", "tensorrt"]) == 1
     assert "runtime: expected one of auto, torch, onnx" in capsys.readouterr().err
+
+
+def test_torch_only_features_are_501_naming_the_runtime(folders):
+    from fastapi import HTTPException
+
+    from siamkit.serving.backend import load_backend
+    from siamkit.serving.routes import torch_model
+
+    model, exported = folders
+    eager = SimpleNamespace(model=load_backend(model, "auto", 10_000))
+    assert isinstance(torch_model(eager, "/v1/explain"), siamkit.Model)
+    with pytest.raises(HTTPException) as refused:
+        torch_model(SimpleNamespace(model=load_backend(exported, "auto", 10_000)), "/v1/explain")
+    assert refused.value.status_code == 501
+    assert "/v1/explain needs the torch runtime; this server runs onnx" in refused.value.detail

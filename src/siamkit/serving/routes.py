@@ -64,6 +64,16 @@ def _gallery(server: Any) -> Any:
     return server.gallery
 
 
+def torch_model(server: Any, feature: str) -> Any:
+    """The :class:`~siamkit.model.Model` behind a torch server, for features that need the torch
+    network (e.g. attributions); on an ONNX server a 501 naming the runtime."""
+    if server.model.runtime != "torch":
+        raise HTTPException(501, f"{feature} needs the torch runtime; this server runs "
+                                 f"{server.model.runtime} (serve the model folder, not its "
+                                 "export, with siamkit serve MODEL --runtime torch)")  # fmt: skip
+    return server.model.model
+
+
 def _check_k(k: int, server: Any) -> int:
     if k > server.settings.max_k:
         raise HTTPException(422, f"query k: at most {server.settings.max_k}, got {k}")
