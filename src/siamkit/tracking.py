@@ -89,7 +89,7 @@ class _Run:
         metrics = {f"test/{k}": v for k, v in numeric(result.test).items()}
         metrics["threshold"] = float(result.threshold)
         for name, fewshot in result.fewshot.items():
-            accuracy = getattr(fewshot, "accuracy", None)
+            accuracy = getattr(fewshot, "mean", None)
             if isinstance(accuracy, float):
                 metrics[f"test/{name.replace(' ', '_')}"] = accuracy
         self.log_metrics(metrics, step=None)

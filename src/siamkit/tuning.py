@@ -21,7 +21,6 @@ failed and replaced.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -31,12 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from siamkit.checkpoint import atomic_write_text
 from siamkit.errors import ConfigError, SiamkitError
-from siamkit.recipe_schema import TUNE_METRICS, TrainRecipe, TuneSettings, parse_recipe
+from siamkit.recipe_schema import TrainRecipe
 from siamkit.training import EpochCallback, History
+from siamkit.tune_space import (  # noqa: F401  (the search space is part of this module's API)
+    apply_params,
+    base_settings,
+    check_space,
+    objective_metric,
+    recipe_yaml,
+    set_path,
+    suggest,
+    tune_settings,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -69,80 +76,6 @@ class TuneResult:
     def count(self, state: str) -> int:
         """How many of the study's trials ended in ``state`` (complete, pruned, fail)."""
         return sum(row["state"] == state for row in self.rows)
-
-
-def tune_settings(recipe: TrainRecipe) -> TuneSettings:
-    """The recipe's ``tune:`` block; a recipe without one is a ConfigError."""
-    if recipe.tune is None:
-        raise ConfigError("the recipe has no tune: block (the search space); see docs/tuning.md")
-    return recipe.tune
-
-
-def objective_metric(recipe: TrainRecipe) -> tuple[str, str]:
-    """The metric a search optimises and its direction (``maximize``/``minimize``)."""
-    settings = tune_settings(recipe)
-    metric = settings.metric or recipe.evaluation.monitor
-    return metric, settings.direction or TUNE_METRICS.get(metric, "maximize")
-
-
-def base_settings(recipe: TrainRecipe) -> dict[str, Any]:
-    """The recipe as a dict without its ``tune:`` block, the starting point of every trial."""
-    return recipe.model_dump(mode="json", exclude={"tune"}, exclude_defaults=True)
-
-
-def set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of the recipe dict ``raw`` with ``value`` at the dotted ``path`` (list items by
-    index, missing sections created, a bare component name expanded to ``{name: ...}``)."""
-    raw = copy.deepcopy(raw)
-    node: Any = raw
-    *parents, last = path.split(".")
-    for key in parents:
-        if isinstance(node, list):
-            node = node[int(key)]
-            continue
-        child = node.get(key)
-        child = {"name": child} if isinstance(child, str) else ({} if child is None else child)
-        node[key] = child
-        node = child
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return raw
-
-
-def apply_params(base: dict[str, Any], params: dict[str, Any], source: str) -> TrainRecipe:
-    """The recipe ``base`` with each of ``params`` (path -> value) applied, validated."""
-    for path, value in params.items():
-        base = set_path(base, path, value)
-    return parse_recipe(base, source)
-
-
-def check_space(recipe: TrainRecipe) -> None:
-    """Try each parameter's ends (low, high, every choice) on the recipe, so a value the recipe
-    refuses is reported before any trial runs, naming the tune parameter."""
-    base = base_settings(recipe)
-    for path, spec in tune_settings(recipe).params.items():
-        values = spec.choices if spec.type == "categorical" else [spec.low, spec.high]
-        for value in values or []:
-            value = int(value) if spec.type == "int" else value
-            apply_params(base, {path: value}, f"tune.params.{path} = {value!r}")
-
-
-def suggest(trial: optuna.Trial, settings: TuneSettings) -> dict[str, Any]:
-    """One value per searched setting, drawn by the trial's sampler."""
-    values: dict[str, Any] = {}
-    for path, spec in settings.params.items():
-        if spec.type == "categorical":
-            values[path] = trial.suggest_categorical(path, spec.choices)
-        elif spec.type == "int":
-            step = int(spec.step or 1)
-            values[path] = trial.suggest_int(path, int(spec.low), int(spec.high), step=step,
-                                             log=spec.log)  # fmt: skip
-        else:
-            values[path] = trial.suggest_float(path, spec.low, spec.high, step=spec.step,
-                                               log=spec.log)  # fmt: skip
-    return values
 
 
 def pruning_callback(trial: optuna.Trial, metric: str) -> EpochCallback:
@@ -285,12 +218,12 @@ def sampler(recipe: TrainRecipe, trial_number: int) -> optuna.samplers.TPESample
 
 def _retry(make: Callable[[], Any], attempts: int = 6) -> Any:
     """``make()``, retried when workers starting together race to create the tables."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import SQLAlchemyError
 
     for attempt in range(attempts):
         try:
             return make()
-        except OperationalError:
+        except SQLAlchemyError:  # "table exists", a duplicate schema version row, a lock
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
@@ -479,11 +412,6 @@ def write_results(recipe: TrainRecipe, study: optuna.Study, out_dir: Path, stora
     atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=1, default=str))
     atomic_write_text(out_dir / "trials.md", trials_markdown(result))
     return result
-
-
-def recipe_yaml(recipe: TrainRecipe) -> str:
-    """A recipe as YAML without its tune block and without settings left at their defaults."""
-    return yaml.safe_dump(base_settings(recipe), sort_keys=False, default_flow_style=None)
 
 
 def trials_markdown(result: TuneResult) -> str:

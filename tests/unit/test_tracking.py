@@ -3,6 +3,8 @@ read back from MLflow's store and from TensorBoard's event files."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
@@ -51,16 +53,36 @@ def test_train_with_mlflow_logs_params_metrics_and_plots(tmp_path):
     assert (out / "mlartifacts").is_dir()  # artifacts stay in the run folder
 
 
-def test_train_with_tensorboard_writes_per_epoch_scalars(tmp_path):
+def test_tensorboard_event_files_hold_the_per_epoch_scalars_and_plots(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = train(tmp_path, "--track", "tensorboard")
-    events = EventAccumulator(str(out / "tensorboard" / "tiny"))
+    from siamkit.evaluation.plots import roc_plot
+
+    roc = roc_plot([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0], tmp_path / "roc.png", "ROC")
+    result = SimpleNamespace(test={"auc": 0.75, "eer": 0.25}, threshold=0.5, fewshot={},
+                             plots=[roc], model_dir=tmp_path / "model")  # fmt: skip
+    with tracked_run("tensorboard", tmp_path, name="tiny", params=RECIPE) as run:
+        for epoch, auc in enumerate([0.6, 0.7]):
+            run.epoch_callback(epoch, {"epoch": epoch, "loss": 1.0 - auc, "auc": auc})
+        run.log_result(result)
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "tiny"))
     events.Reload()
-    scalars = events.Tags()["scalars"]
-    assert {"auc", "eer", "loss", "test/auc"} <= set(scalars)
-    assert [e.step for e in events.Scalars("auc")] == [0, 1]
-    assert {"roc", "scores"} <= set(events.Tags()["images"])
+    assert {"auc", "loss", "test/auc", "test/eer", "threshold"} <= set(events.Tags()["scalars"])
+    auc = events.Scalars("auc")
+    assert [e.step for e in auc] == [0, 1] and [e.value for e in auc] == pytest.approx([0.6, 0.7])
+    assert "roc" in events.Tags()["images"]
+
+
+def test_a_tuning_study_logs_one_child_run_per_trial(tmp_path):
+    from siamkit.recipe import parse_recipe
+    from siamkit.tuning import tune_recipe
+    from tests.unit.test_tuning import TINY, fake_training
+
+    with tracked_run("tensorboard", tmp_path, name="study") as run:
+        tune_recipe(parse_recipe(TINY), tmp_path, 2, None, "s", tracker=run, say=print,
+                    train=fake_training)  # fmt: skip
+    children = sorted(p.name for p in (tmp_path / "tensorboard" / "study").iterdir() if p.is_dir())
+    assert children == ["trial-0", "trial-1"]
 
 
 def test_tracking_is_off_by_default_and_bad_choices_are_refused(tmp_path):
@@ -68,11 +90,9 @@ def test_tracking_is_off_by_default_and_bad_choices_are_refused(tmp_path):
         assert run is None
     assert not any(tmp_path.iterdir())
     with pytest.raises(ConfigError, match="expected one of mlflow, tensorboard"):
-        with tracked_run("wandb", tmp_path):
-            pass
+        tracked_run("wandb", tmp_path).__enter__()
     with pytest.raises(ConfigError, match="--track-uri needs --track"):
-        with tracked_run(None, tmp_path, uri="sqlite:///x.db"):
-            pass
+        tracked_run(None, tmp_path, uri="sqlite:///x.db").__enter__()
 
 
 def test_flatten_gives_dotted_keys():

@@ -138,16 +138,31 @@ def test_a_study_started_from_another_recipe_is_refused(tmp_path):
 
 def test_two_tune_processes_share_one_sqlite_study(tmp_path):
     raw = with_tune(params={"training.lr": {"type": "float", "low": 1e-3, "high": 1e-2}})
-    raw["training"]["epochs"] = 1
+    raw["training"]["epochs"], raw["batches"]["batches_per_epoch"] = 1, 1
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(raw))
-    storage, trials = f"sqlite:///{tmp_path / 'shared.db'}", 6
+    storage, trials = f"sqlite:///{tmp_path / 'shared.db'}", 4
     code = "import sys; from siamkit.cli import main; sys.exit(main(sys.argv[1:]))"
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", code, "tune", str(config), "--trials", str(trials),
-             "--storage", storage, "--study", "shared", "--out", str(tmp_path / f"w{i}")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-c",
+                code,
+                "tune",
+                str(config),
+                "--trials",
+                str(trials),
+                "--storage",
+                storage,
+                "--study",
+                "shared",
+                "--out",
+                str(tmp_path / f"w{i}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]
@@ -161,3 +176,27 @@ def test_two_tune_processes_share_one_sqlite_study(tmp_path):
     assert sorted(t.number for t in finished) == sorted(ran[0] | ran[1])
     assert len(finished) == trials
     assert len({t.params["training.lr"] for t in finished}) == trials  # no repeated settings
+
+
+def test_an_interrupted_trial_is_failed_and_the_rerun_replaces_it(tmp_path):
+    def interrupted(recipe, folder, callbacks) -> History:
+        history = fake_training(recipe, folder, callbacks)
+        history.interrupted = True  # what fit returns after Ctrl-C
+        return history
+
+    recipe, storage = parse_recipe(TINY), f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        tune_recipe(recipe, tmp_path, 2, storage, "s", say=print, train=interrupted)
+    result = tune_recipe(recipe, tmp_path, 2, storage, "s", say=print, train=fake_training)
+    assert [row["state"] for row in result.rows] == ["fail", "complete", "complete"]
+
+
+def test_the_cli_refuses_a_recipe_without_a_tune_block(tmp_path, capsys):
+    from siamkit.cli import main
+
+    raw = json.loads(json.dumps(TINY))
+    del raw["tune"]
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["tune", str(config), "--out", str(tmp_path / "out")]) == 1
+    assert "has no tune: block" in capsys.readouterr().err

@@ -51,9 +51,8 @@ def tune(
         if run is not None and result.best_value is not None:
             run.log_metrics({f"best/{result.metric}": result.best_value}, step=None)
             run.log_artifact(out / "trials.md")
-    print_table(
-        f"study {result.study}: validation {result.metric} ({result.direction})", result.rows
-    )
+    title = f"study {result.study}: validation {result.metric} ({result.direction})"
+    print_table(title, short_columns(result.rows))
     console.print(
         f"{len(result.rows)} trials: {result.count('complete')} complete, "
         f"{result.count('pruned')} pruned, {result.count('fail')} failed"
@@ -63,3 +62,12 @@ def tune(
             f"best: trial value {result.best_value:.4f}, recipe {result.best_recipe}; its test "
             f"report: siamkit train {result.best_recipe}"
         )
+
+
+def short_columns(rows: list[dict]) -> list[dict]:
+    """Rows with each setting's path shortened to its last name where that stays unique
+    (``training.lr`` -> ``lr``), so the table fits a terminal; trials.md keeps the paths."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    names = {k: s if last.count(s) == 1 else k for k, s in zip(keys, last, strict=True)}
+    return [{names[k]: row.get(k) for k in keys} for row in rows]
