@@ -141,8 +141,13 @@ class Probability:
         return iter((self.p, self.low, self.high))
 
     def text(self, i: int = 0) -> str:
-        """``"p=0.93 (0.88-0.96)"`` for pair ``i``."""
-        return f"p={self.p[i]:.2f} ({self.low[i]:.2f}-{self.high[i]:.2f})"
+        """``"p=0.93 (0.88-0.96)"`` for pair ``i`` (4 decimals below 0.01 or above 0.99)."""
+        p, low, high = (_shown(float(v[i])) for v in (self.p, self.low, self.high))
+        return f"p={p} ({low}-{high})"
+
+
+def _shown(value: float) -> str:
+    return f"{value:.2f}" if 0.01 <= value <= 0.99 else f"{value:.4f}"
 
 
 @dataclass(frozen=True)
@@ -162,9 +167,11 @@ class Calibrator:
     level: tuple[float, float] = (5.0, 95.0)
 
     def predict(self, scores: Any) -> np.ndarray:
-        """P(same) of each score."""
+        """P(same) of each score, kept within [f, 1 - f] with f = 0.5 / (pairs + 1): no more
+        certainty than the calibration pairs can support."""
         s, _ = _arrays(scores)
-        return _apply(self.method, self.params, s)
+        floor = _floor(self.pairs)
+        return np.clip(_apply(self.method, self.params, s), floor, 1 - floor)
 
     def interval(self, scores: Any) -> tuple[np.ndarray, np.ndarray]:
         """The bootstrap band (low, high) at each score (interpolated on the saved grid)."""
@@ -205,6 +212,14 @@ class Calibrator:
             ) from error
 
 
+def _floor(pairs: int) -> float:
+    return 0.5 / (pairs + 1)
+
+
+def _bounds(pairs: int) -> tuple[float, float]:
+    return _floor(pairs), 1 - _floor(pairs)
+
+
 def _apply(method: str, params: dict[str, Any], s: np.ndarray) -> np.ndarray:
     if method == "platt":
         z = params["a"] * s + params["b"]
@@ -217,8 +232,7 @@ def _apply(method: str, params: dict[str, Any], s: np.ndarray) -> np.ndarray:
 
 def _fit_map(method: Method, s: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Fit one method's parameters on scores ``s`` and labels ``y`` (both classes present)."""
-    n = len(y)
-    floor = 0.5 / (n + 1)  # never claim certainty the pairs cannot support
+    floor = _floor(len(y))  # never claim certainty the pairs cannot support
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
@@ -286,7 +300,7 @@ def fit_calibrator(
         if 0 < y[pick].sum() < len(pick):
             curves.append(_apply(method, _fit_map(method, s[pick], y[pick]), grid))
     level = (5.0, 95.0)
-    low, high = np.percentile(np.array(curves), level, axis=0)
+    low, high = np.clip(np.percentile(np.array(curves), level, axis=0), *_bounds(len(s)))
     band = {"grid": grid.tolist(), "low": low.tolist(), "high": high.tolist()}
     return Calibrator(method, params, band, len(s), selection, level)
 
