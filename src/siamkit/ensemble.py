@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -143,19 +143,52 @@ class LinearClassifier:
         return softmax(z)
 
 
-@dataclass
-class EnsembleClassifier:
-    """The fitted ensemble: ``weight * siamese + (1 - weight) * classifier`` class probabilities.
+class Part(Protocol):
+    """One member of the ensemble: class probabilities (N, C) of a prepared batch."""
 
-    ``prototypes`` (C, D) are the class means of the training embeddings, compared to a query's
-    embedding by the network's head (higher = more similar) and scaled by ``temperature``.
-    """
+    def probabilities(self, batch: Tensor) -> np.ndarray: ...
+
+
+@dataclass
+class SimilarityPart:
+    """``softmax(temperature * head(embedding, class_vectors))``: the siamese part (class
+    vectors = the mean training embedding of each class) or a softmax classifier (class vectors
+    = its learned class weights, compared by cosine)."""
 
     network: SiameseNetwork
-    prototypes: Tensor
-    temperature: float
+    vectors: Tensor
+    temperature: float = 1.0
+
+    def scores(self, batch: Tensor) -> np.ndarray:
+        """Similarity (N, C) of each item to each class vector (higher = more alike)."""
+        return self.network.head.pairwise(embed_all(self.network, batch), self.vectors).numpy()
+
+    def probabilities(self, batch: Tensor) -> np.ndarray:  # noqa: D102
+        return softmax(self.scores(batch) * self.temperature)
+
+    def calibrate(self, val_batch: Tensor, labels: np.ndarray) -> None:
+        """Set the temperature of lowest log-loss on validation items."""
+        self.temperature = fit_temperature(self.scores(val_batch), labels)
+
+
+@dataclass
+class LogisticPart:
+    """A logistic regression on raw pixels or on ``network``'s embeddings."""
+
     classifier: LinearClassifier
     features: Features
+    network: SiameseNetwork
+
+    def probabilities(self, batch: Tensor) -> np.ndarray:  # noqa: D102
+        return self.classifier.probabilities(feature_matrix(batch, self.network, self.features))
+
+
+@dataclass
+class EnsembleClassifier:
+    """The fitted ensemble: ``weight * siamese + (1 - weight) * classifier`` probabilities."""
+
+    siamese: SimilarityPart
+    classifier: SimilarityPart | LogisticPart
     weight: float
     classes: list[str]
     model: Model | None = None
@@ -163,10 +196,8 @@ class EnsembleClassifier:
     def parts(self, batch: Tensor) -> dict[str, np.ndarray]:
         """Class probabilities of a prepared batch (the network's input) by each part and by
         the ensemble: keys ``siamese``, ``classifier``, ``ensemble``, each (N, C)."""
-        embeddings = embed_all(self.network, batch)
-        scores = self.network.head.pairwise(embeddings, self.prototypes).numpy()
-        siamese = softmax(scores * self.temperature)
-        classifier = self.classifier.probabilities(feature_matrix(batch, embeddings, self.features))
+        siamese = self.siamese.probabilities(batch)
+        classifier = self.classifier.probabilities(batch)
         ensemble = self.weight * siamese + (1 - self.weight) * classifier
         return {"siamese": siamese, "classifier": classifier, "ensemble": ensemble}
 
@@ -185,30 +216,37 @@ class EnsembleClassifier:
         return out
 
     def save(self, folder: str | Path) -> Path:
-        """Write the ensemble's own parts (the siamese model folder is written separately)."""
+        """Write the ensemble's own parts; the networks' model folders (``model/`` and, for a
+        cnn classifier, ``classifier/``) are written separately with ``save_model``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        c = self.classifier
-        arrays = {"mean": c.mean, "scale": c.scale, "coef": c.coef, "intercept": c.intercept}
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in arrays.items()}
-        tensors["prototypes"] = self.prototypes.float().contiguous()
+        tensors = {"prototypes": self.siamese.vectors}
+        part = self.classifier
+        if isinstance(part, SimilarityPart):
+            tensors["classifier_vectors"] = part.vectors
+            described = {"kind": "cnn", "temperature": part.temperature}
+        else:
+            c = part.classifier
+            arrays = {"mean": c.mean, "scale": c.scale, "coef": c.coef, "intercept": c.intercept}
+            tensors |= {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            described = {"kind": "logistic", "features": part.features, "c": c.c}
+        tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
         save_tensors(folder / TENSORS_FILE, tensors, {"format": "siamkit-ensemble"})
         config = {
             "format_version": FORMAT_VERSION,
-            "temperature": self.temperature,
             "weight": self.weight,
-            "features": self.features,
-            "c": c.c,
             "classes": self.classes,
+            "siamese": {"temperature": self.siamese.temperature},
+            "classifier": described,
         }
         atomic_write_text(folder / ENSEMBLE_FILE, json.dumps(config, indent=2))
         return folder
 
 
-def feature_matrix(batch: Tensor, embeddings: Tensor, features: Features) -> np.ndarray:
-    """The classifier's input: flattened pixels of a prepared batch, or the embeddings."""
+def feature_matrix(batch: Tensor, network: SiameseNetwork, features: Features) -> np.ndarray:
+    """The logistic classifier's input: flattened pixels of a prepared batch, or embeddings."""
     if features == "embedding":
-        return embeddings.numpy()
+        return embed_all(network, batch).numpy()
     return batch.float().reshape(len(batch), -1).numpy()
 
 
@@ -219,51 +257,55 @@ def prepared(data: LabelledData) -> Tensor:
     return take(data.items, torch.arange(len(data)))
 
 
-def prototypes_of(network: SiameseNetwork, train: LabelledData) -> Tensor:
-    """The mean embedding of each class's training items, (C, D) in label order."""
+def siamese_part(network: SiameseNetwork, train: LabelledData) -> SimilarityPart:
+    """The siamese part: the mean embedding of each class's training items, (C, D) in label
+    order, as class vectors (temperature 1 until calibrated)."""
     embeddings = embed_all(network, prepared(train))
     n_classes = int(train.labels.max()) + 1
-    return torch.stack([embeddings[train.labels == c].mean(0) for c in range(n_classes)])
+    prototypes = torch.stack([embeddings[train.labels == c].mean(0) for c in range(n_classes)])
+    return SimilarityPart(network, prototypes)
+
+
+def logistic_part(
+    network: SiameseNetwork, splits: Splits, features: Features = "pixels",
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), seed: int = 0,
+) -> tuple[LogisticPart, dict[str, float]]:  # fmt: skip
+    """A logistic regression on the training items, its ``C`` of lowest validation log-loss;
+    also returns the validation log-loss of each ``C``."""
+    train = feature_matrix(prepared(splits.train), network, features)
+    val = feature_matrix(prepared(splits.val), network, features)
+    y_train, y_val = splits.train.labels.numpy(), splits.val.labels.numpy()
+    fitted = {c: LinearClassifier.fit(train, y_train, c, seed) for c in c_grid}
+    losses = {c: log_loss(model.probabilities(val), y_val) for c, model in fitted.items()}
+    best = min(losses, key=losses.__getitem__)
+    return LogisticPart(fitted[best], features, network), {str(c): v for c, v in losses.items()}
 
 
 def fit_ensemble(
-    network: SiameseNetwork, splits: Splits, features: Features = "pixels",
-    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0), weight_steps: int = 20, seed: int = 0,
-) -> tuple[EnsembleClassifier, dict[str, Any]]:  # fmt: skip
-    """Fit both parts on ``splits.train``, the temperature, ``C`` and the weight on
-    ``splits.val``; return the ensemble and the validation record of each choice."""
-    network.eval()
-    train_x, val_x = prepared(splits.train), prepared(splits.val)
-    y_train, y_val = splits.train.labels.numpy(), splits.val.labels.numpy()
-    prototypes = prototypes_of(network, splits.train)
-    val_embeddings = embed_all(network, val_x)
-    val_scores = network.head.pairwise(val_embeddings, prototypes).numpy()
-    temperature = fit_temperature(val_scores, y_val)
-    train_features = feature_matrix(train_x, embed_all(network, train_x), features)
-    val_features = feature_matrix(val_x, val_embeddings, features)
-    by_c = {}
-    for c in c_grid:
-        candidate = LinearClassifier.fit(train_features, y_train, c, seed)
-        by_c[c] = (log_loss(candidate.probabilities(val_features), y_val), candidate)
-    best_c = min(by_c, key=lambda c: by_c[c][0])
-    classifier = by_c[best_c][1]
-    siamese_val = softmax(val_scores * temperature)
-    classifier_val = classifier.probabilities(val_features)
+    siamese: SimilarityPart,
+    classifier: SimilarityPart | LogisticPart,
+    val: LabelledData,
+    classes: list[str],
+    weight_steps: int = 20,
+) -> tuple[EnsembleClassifier, dict[str, Any]]:
+    """Fit the temperatures of the similarity parts and the ensemble weight on the validation
+    items ``val``; return the ensemble and the validation log-loss of each weight tried."""
+    batch, labels = prepared(val), val.labels.numpy()
+    for part in (siamese, classifier):
+        if isinstance(part, SimilarityPart):
+            part.calibrate(batch, labels)
+    p_siamese, p_classifier = siamese.probabilities(batch), classifier.probabilities(batch)
     weights = np.linspace(0.0, 1.0, weight_steps + 1)
-    losses = [log_loss(w * siamese_val + (1 - w) * classifier_val, y_val) for w in weights]
+    losses = [log_loss(w * p_siamese + (1 - w) * p_classifier, labels) for w in weights]
     weight = float(weights[int(np.argmin(losses))])
-    classes = splits.train.classes or [str(c) for c in range(len(prototypes))]
-    ensemble = EnsembleClassifier(
-        network, prototypes, temperature, classifier, features, weight, list(classes)
-    )
     record = {
-        "temperature": temperature,
-        "c": best_c,
-        "val_log_loss_by_c": {str(c): v[0] for c, v in by_c.items()},
         "weight": weight,
+        "siamese_temperature": siamese.temperature,
         "val_log_loss_by_weight": {f"{w:.3f}": v for w, v in zip(weights, losses, strict=True)},
     }
-    return ensemble, record
+    if isinstance(classifier, SimilarityPart):
+        record["classifier_temperature"] = classifier.temperature
+    return EnsembleClassifier(siamese, classifier, weight, list(classes)), record
 
 
 def evaluate_ensemble(ensemble: EnsembleClassifier, data: LabelledData) -> dict[str, Any]:
@@ -278,7 +320,8 @@ def evaluate_ensemble(ensemble: EnsembleClassifier, data: LabelledData) -> dict[
 
 
 def load_ensemble(folder: str | Path, device: str = "cpu") -> EnsembleClassifier:
-    """Read a folder written by :func:`run_ensemble_recipe` (nothing is unpickled)."""
+    """Read a folder written by :func:`siamkit.ensemble_recipe.run_ensemble_recipe` (nothing is
+    unpickled)."""
     folder = Path(folder)
     path = folder / ENSEMBLE_FILE
     if not path.is_file():
@@ -291,14 +334,20 @@ def load_ensemble(folder: str | Path, device: str = "cpu") -> EnsembleClassifier
         raise CheckpointError(f"{path}: format version is newer than this siamkit; upgrade")
     tensors = load_tensors(folder / TENSORS_FILE)
     model = load(folder / "model", device)
-    arrays = {k: tensors[k].double().numpy() for k in ("mean", "scale", "coef", "intercept")}
-    classifier = LinearClassifier(**arrays, c=config["c"])
-    prototypes = tensors["prototypes"]
-    if len(prototypes) != len(config["classes"]) or len(classifier.intercept) not in (
-        1, len(config["classes"])
-    ):  # fmt: skip
-        raise CheckpointError(f"{folder}: prototypes, classifier and class names disagree")
-    return EnsembleClassifier(
-        model.network, prototypes, config["temperature"], classifier, config["features"],
-        config["weight"], config["classes"], model,
-    )  # fmt: skip
+    siamese = SimilarityPart(model.network, tensors["prototypes"], config["siamese"]["temperature"])
+    described = config["classifier"]
+    if described["kind"] == "cnn":
+        network = load(folder / "classifier", device).network
+        classifier: SimilarityPart | LogisticPart = SimilarityPart(
+            network, tensors["classifier_vectors"], described["temperature"]
+        )
+    else:
+        arrays = {k: tensors[k].double().numpy() for k in ("mean", "scale", "coef", "intercept")}
+        linear = LinearClassifier(**arrays, c=described["c"])
+        classifier = LogisticPart(linear, described["features"], model.network)
+    if len(siamese.vectors) != len(config["classes"]):
+        raise CheckpointError(
+            f"{folder}: {len(siamese.vectors)} class prototypes but {len(config['classes'])} "
+            "class names"
+        )
+    return EnsembleClassifier(siamese, classifier, config["weight"], config["classes"], model)

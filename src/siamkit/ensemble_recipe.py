@@ -17,8 +17,20 @@ import torch
 
 from siamkit.checkpoint import atomic_write_text
 from siamkit.data.datasets import build_dataset
-from siamkit.ensemble import evaluate_ensemble, fit_ensemble, known_class_splits, merge
+from siamkit.data.labelled import Splits
+from siamkit.encoders import build_encoder
+from siamkit.ensemble import (
+    SimilarityPart,
+    evaluate_ensemble,
+    fit_ensemble,
+    known_class_splits,
+    logistic_part,
+    merge,
+    siamese_part,
+)
 from siamkit.evaluation.verification import choose_threshold, pair_scores, verification_validator
+from siamkit.heads import CosineHead
+from siamkit.losses import build_loss
 from siamkit.model import save_model
 from siamkit.recipe import (
     RecipeResult,
@@ -30,6 +42,7 @@ from siamkit.recipe import (
     keep_weights,
 )
 from siamkit.recipe_schema import TrainRecipe
+from siamkit.siamese import SiameseNetwork
 from siamkit.training import EpochCallback, fit
 
 TITLE = "known classes, held-out test items"
@@ -69,10 +82,20 @@ def run_ensemble_recipe(
     )  # fmt: skip
     keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
-    ensemble, choices = fit_ensemble(
-        network, known, settings.features, tuple(settings.c_grid), settings.weight_steps,
-        recipe.seed,
+    choices: dict = {}
+    if settings.classifier == "cnn":
+        classifier = train_cnn_classifier(recipe, known, out_dir, resume, show_progress)
+        save_model(out_dir / "classifier", classifier.network, recipe.encoder, {"name": "cosine"},
+                   default_preprocess(splits))  # fmt: skip
+    else:
+        classifier, choices["val_log_loss_by_c"] = logistic_part(
+            network, known, settings.features, tuple(settings.c_grid), recipe.seed
+        )
+    ensemble, fitted = fit_ensemble(
+        siamese_part(network, known.train), classifier, known.val,
+        known.train.classes or [], settings.weight_steps,
     )  # fmt: skip
+    choices |= fitted
     test = evaluate_ensemble(ensemble, known.test)
     val_scores, val_labels = pair_scores(network, known.val, evaluation.val_pairs, recipe.seed)
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
@@ -84,3 +107,25 @@ def run_ensemble_recipe(
     report = {"model_dir": str(model_dir), "test": test, "validation_choices": choices}
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     return RecipeResult(model_dir, history, threshold, test, title=TITLE)
+
+
+def train_cnn_classifier(
+    recipe: TrainRecipe, known: Splits, out_dir: Path, resume: bool, show_progress: bool
+) -> SimilarityPart:
+    """A conventional classifier: a second network of the recipe's encoder, trained on the
+    known classes with a softmax over learned, normalised class weights (cross-entropy,
+    ``normalized_softmax``) on the recipe's batches and augmentation; the class weights are its
+    class vectors. Checkpoints in ``out_dir/classifier_training`` (resumable)."""
+    settings = recipe.ensemble
+    torch.manual_seed(recipe.seed + 1)
+    network = SiameseNetwork(build_encoder(recipe.encoder), CosineHead())
+    n_classes = int(known.train.labels.max()) + 1
+    loss = build_loss({"name": "normalized_softmax"}, network, num_classes=n_classes)
+    epochs = settings.classifier_epochs or recipe.training.epochs
+    config = recipe.training.model_copy(update={"seed": recipe.seed + 1, "epochs": epochs})
+    folder = out_dir / "classifier_training"
+    batches = build_batches(recipe, loss, known.train)
+    resume = resume and (folder / "checkpoint").is_dir()
+    fit(network, loss, batches, config, folder, resume=resume, show_progress=show_progress)
+    network.cpu().eval()
+    return SimilarityPart(network, loss.loss.W.detach().T.contiguous().cpu())

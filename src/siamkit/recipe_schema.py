@@ -89,6 +89,10 @@ class EvaluationSettings(_Strict):
     )  # fmt: skip
     fewshot: list[FewShotSettings] = Field(default_factory=list)
     plots: bool = True
+    explain: int = Field(
+        4, ge=0, le=4, description="image models: explain this many test pairs (a right and a "
+        "wrong decision on genuine and on impostor pairs) into explained/; 0 turns it off",
+    )  # fmt: skip
 
     @field_validator("threshold_rule")
     @classmethod
@@ -118,11 +122,13 @@ class VocabularySettings(_Strict):
 class EnsembleSettings(_Strict):
     """Known-class classification by a siamese model and a conventional classifier together
     (:mod:`siamkit.ensemble`). The classes are those of the reader's ``splits`` (all people of
-    AT&T faces; Omniglot's background characters with ``splits: [train]``); each class's items are
-    cut into ``train_per_class`` training, ``val_per_class`` validation and the rest test items.
-    The siamese network trains on the training items as the recipe says; the classifier is a
-    logistic regression on ``features`` (raw pixels, or the siamese embeddings); the validation
-    items set the siamese temperature, the classifier's ``C`` and the ensemble weight."""
+    AT&T faces; Omniglot's background characters with ``splits: [train, val]``); each class's
+    items are cut into ``train_per_class`` training, ``val_per_class`` validation and the rest test
+    items. The siamese network trains on the training items as the recipe says. The classifier is
+    ``cnn`` (a second network of the recipe's encoder trained with a softmax over learned class
+    weights, cross-entropy; ``classifier_epochs`` epochs) or ``logistic`` (a logistic regression
+    on ``features``: raw pixels or the siamese embeddings, ``C`` from ``c_grid``). The validation
+    items set the temperatures, ``C`` and the ensemble weight."""
 
     splits: list[Literal["train", "val", "test"]] = Field(
         default_factory=lambda: ["train", "val", "test"],
@@ -130,8 +136,14 @@ class EnsembleSettings(_Strict):
     )
     train_per_class: int = Field(5, ge=1)
     val_per_class: int = Field(2, ge=1)
-    features: Literal["pixels", "embedding"] = "pixels"
-    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0], min_length=1)
+    classifier: Literal["cnn", "logistic"] = "cnn"
+    classifier_epochs: int | None = Field(
+        None, ge=1, description="epochs of the cnn classifier (default: the recipe's epochs)"
+    )
+    features: Literal["pixels", "embedding"] = Field(
+        "pixels", description="the logistic classifier's input"
+    )
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
     weight_steps: int = Field(20, ge=1, description="ensemble weights tried: 0, 1/n, ..., 1")
 
 

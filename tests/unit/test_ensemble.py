@@ -11,12 +11,15 @@ from siamkit.data.labelled import LabelledData
 from siamkit.encoders import build_encoder
 from siamkit.ensemble import (
     LinearClassifier,
+    SimilarityPart,
     evaluate_ensemble,
     fit_ensemble,
     fit_temperature,
     known_class_splits,
     load_ensemble,
     log_loss,
+    logistic_part,
+    siamese_part,
     softmax,
 )
 from siamkit.errors import CheckpointError, DataError
@@ -28,9 +31,21 @@ from siamkit.siamese import SiameseNetwork
 ENCODER = {"name": "mlp", "params": {"in_features": 8, "hidden": [16], "embedding_dim": 4}}
 
 
-def network() -> SiameseNetwork:
-    torch.manual_seed(0)
+def network(seed: int = 0) -> SiameseNetwork:
+    torch.manual_seed(seed)
     return SiameseNetwork(build_encoder(ENCODER), HEADS.build({"name": "cosine"}))
+
+
+def fitted(splits, net, classifier="logistic", features="pixels", weight_steps=20):
+    """An ensemble of ``net``'s prototypes and a logistic or a (random) softmax-classifier part."""
+    if classifier == "logistic":
+        part, _ = logistic_part(net, splits, features)
+    else:
+        part = SimilarityPart(
+            network(1), torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+        )
+    return fit_ensemble(siamese_part(net, splits.train), part, splits.val, splits.train.classes,
+                        weight_steps)  # fmt: skip
 
 
 def test_known_class_splits_cut_every_class_and_renumber(blobs):
@@ -70,7 +85,7 @@ def test_temperature_is_recovered_from_simulated_labels():
 
 def test_the_chosen_weight_is_no_worse_on_validation_than_either_part(blobs):
     splits = known_class_splits(blobs, train_per_class=3, val_per_class=3, seed=0)
-    ensemble, record = fit_ensemble(network(), splits, features="pixels", weight_steps=10)
+    ensemble, record = fitted(splits, network(), weight_steps=10)
     losses = record["val_log_loss_by_weight"]
     assert min(losses.values()) == losses[f"{ensemble.weight:.3f}"]
     assert losses[f"{ensemble.weight:.3f}"] <= min(losses["0.000"], losses["1.000"])
@@ -85,11 +100,17 @@ def test_the_chosen_weight_is_no_worse_on_validation_than_either_part(blobs):
     assert report["classifier_accuracy"] > 0.9  # separable blobs: pixels suffice
 
 
-def test_saved_ensemble_loads_to_the_same_probabilities(blobs, tmp_path):
+@pytest.mark.parametrize("classifier", ["logistic", "cnn"])
+def test_saved_ensemble_loads_to_the_same_probabilities(blobs, tmp_path, classifier):
     splits = known_class_splits(blobs, 3, 3, seed=0)
     net = network()
-    ensemble, _ = fit_ensemble(net, splits, features="embedding")
+    ensemble, _ = fitted(splits, net, classifier, features="embedding")
     save_model(tmp_path / "model", net, ENCODER, {"name": "cosine"})
+    if classifier == "cnn":
+        save_model(
+            tmp_path / "classifier", ensemble.classifier.network, ENCODER, {"name": "cosine"}
+        )
+        assert ensemble.classifier.temperature != 1.0  # calibrated on the validation items
     ensemble.save(tmp_path)
     loaded = load_ensemble(tmp_path)
     before = ensemble.parts(splits.test.items)["ensemble"]
@@ -110,4 +131,4 @@ def test_an_ensemble_block_needs_a_class_dataset():
 def test_a_labelled_set_of_strings_is_refused(blobs):
     words = LabelledData([f"w{i}" for i in range(60)], blobs.labels, blobs.classes)
     with pytest.raises(DataError, match="tensor items"):
-        fit_ensemble(network(), known_class_splits(words, 3, 3))
+        fitted(known_class_splits(words, 3, 3), network())
