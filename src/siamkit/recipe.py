@@ -198,6 +198,13 @@ def run_recipe(
             roc_plot(scores, labels, out_dir / "roc.png", "ROC on unseen test classes"),
             score_histogram(scores, labels, out_dir / "scores.png", threshold=threshold),
         ]
+    if evaluation.explain and isinstance(splits.test.items, Tensor) and splits.test.items.ndim == 4:
+        from siamkit.explain.report import explain_test_pairs
+
+        plots += explain_test_pairs(
+            network, splits.test, scores, labels, threshold, evaluation.test_pairs,
+            recipe.seed + 1, out_dir / "explained", evaluation.explain,
+        )  # fmt: skip
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, head_spec, default_preprocess(splits),
         threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test,

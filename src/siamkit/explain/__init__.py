@@ -109,6 +109,12 @@ class TextExplanation:
                            for s in self.sides]}  # fmt: skip
 
 
+def as_image(x: Tensor) -> Tensor:
+    """A stored image (C, H, W) as the network reads it: uint8 scaled to [0, 1] as in training
+    (see :func:`siamkit.data.batches.take`), float as it is."""
+    return x.float() if x.is_floating_point() else x.float() / 255
+
+
 def _is_text(network: SiameseNetwork) -> bool:
     return getattr(network.encoder, "input_ndim", 4) == 1
 
@@ -122,10 +128,12 @@ def explain_images(
     threshold: float | None = None,
     **options: Any,
 ) -> PairExplanation:
-    """Explain preprocessed images ``a`` and ``b`` (C, H, W) with ``network``; ``options`` go to
+    """Explain preprocessed images ``a`` and ``b`` (C, H, W; uint8 is scaled to [0, 1] as in
+    training) with ``network``; ``options`` go to
     :func:`~siamkit.explain.images.attribute_image` (window, steps, batch_size, seed)."""
     network.eval()
-    x, y = a.unsqueeze(0).float(), b.unsqueeze(0).float()
+    a, b = as_image(a), as_image(b)
+    x, y = a.unsqueeze(0), b.unsqueeze(0)
     with torch.no_grad():
         ea, eb = network.embed(x), network.embed(y)
         score = float(network.head(ea, eb)[0])
@@ -215,7 +223,8 @@ def pair_deletion(
     control that must not pass). ``patch`` is the deleted cell (default 1/8 of each side);
     ``options[method]`` go to :func:`~siamkit.explain.images.attribute_image`."""
     network.eval()
-    x, y = a.unsqueeze(0).float(), b.unsqueeze(0).float()
+    a, b = as_image(a), as_image(b)
+    x, y = a.unsqueeze(0), b.unsqueeze(0)
     with torch.no_grad():
         ea, eb = network.embed(x), network.embed(y)
     size = tuple(x.shape[-2:])
