@@ -222,6 +222,19 @@ def test_serve_command_checks_the_folder_for_its_runtime(folders, capsys, monkey
     assert "runtime: expected one of auto, torch, onnx" in capsys.readouterr().err
 
 
+def test_runtime_serve_command_refuses_bad_starts_in_one_line(folders, capsys, monkeypatch):
+    from siamkit.runtime.__main__ import main
+
+    model, exported = folders
+    for name in ("SIAMKIT_API_KEYS", "SIAMKIT_READONLY_API_KEYS", "SIAMKIT_API_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", str(model)]) == 1
+    assert "not an exported model" in capsys.readouterr().err
+    assert main(["serve", str(exported)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no API key is configured" in err
+
+
 def test_torch_only_features_are_501_naming_the_runtime(folders):
     from fastapi import HTTPException
 

@@ -63,7 +63,7 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(64, ge=1, description="inputs in one forward pass")
     max_wait_ms: float = Field(2.0, ge=0, description="wait for a batch to fill")
     queue_size: int = Field(256, ge=1, description="requests waiting for the model")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    torch_threads: int | None = Field(None, ge=1, description="torch or ONNX Runtime threads")
     max_k: int = Field(100, ge=1, description="largest k of identify and search")
 
     def with_keys(self, rw: Iterable[str] = (), ro: Iterable[str] = ()) -> ServeSettings:
