@@ -167,10 +167,12 @@ def app_from_env() -> FastAPI:
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version("siamkit")
-    except PackageNotFoundError:
-        return "0"
+    for distribution in ("siamkit", "siamkit-runtime"):  # the full package, or the torch-free one
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "0"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
