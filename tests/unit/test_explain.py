@@ -162,3 +162,45 @@ def test_cli_explains_two_images_and_errors_in_one_line(tmp_path, capsys):
         assert main(bad) == 1
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_http_explain_returns_two_overlays_with_a_read_only_key(tmp_path):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from siamkit.serving import ServeSettings, create_app
+
+    model = tiny_model(tmp_path / "model")
+    settings = ServeSettings().with_keys(rw=["rw-key"], ro=["ro-key"])
+    pictures = []
+    for seed in (1, 2):
+        buffer = __import__("io").BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 255, (20, 18), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        pictures.append(buffer.getvalue())
+    with TestClient(create_app(model, None, settings), raise_server_exceptions=False) as client:
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                break
+            __import__("time").sleep(0.05)
+        read_only = {"Authorization": "Bearer ro-key"}
+        files = {"a": ("a.png", pictures[0]), "b": ("b.png", pictures[1])}
+        answer = client.post("/v1/explain", files=files, data={"method": "saliency"},
+                             headers=read_only)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["method"] == "saliency" and body["decision"] in ("same", "different")
+        for side in ("a_png", "b_png"):
+            assert base64.b64decode(body[side])[:4] == b"\x89PNG"
+        verify = client.post("/v1/verify", files=files, headers=read_only).json()
+        assert body["score"] == pytest.approx(verify["score"], abs=1e-4)
+        encoded = {k: base64.b64encode(v).decode() for k, v in zip("ab", pictures, strict=True)}
+        as_json = client.post("/v1/explain", json={**encoded, "method": "occlusion"},
+                              headers=read_only)  # fmt: skip
+        assert as_json.status_code == 200 and as_json.json()["score"] == pytest.approx(
+            body["score"], abs=1e-4
+        )
+        bad = client.post("/v1/explain", files=files, data={"method": "lime"}, headers=read_only)
+        assert bad.status_code == 400 and "method" in bad.json()["detail"]
+        assert client.post("/v1/explain", files=files).status_code == 401

@@ -47,6 +47,7 @@ __all__ = [
     "deletion_test",
     "explain_images",
     "explain_pair",
+    "overlay_body",
     "pair_deletion",
     "save_explanation",
 ]
@@ -204,6 +205,19 @@ def save_explanation(
         path.write_bytes(overlay_png(image, values))
         written.append(path)
     return [*written, record]
+
+
+def overlay_body(explanation: PairExplanation) -> dict[str, Any]:
+    """The explanation as a JSON body: the summary and one base64 PNG overlay per input
+    (``a_png``, ``b_png``), as ``POST /v1/explain`` answers."""
+    import base64
+
+    from siamkit.explain.render import overlay_png
+
+    body = {k: v for k, v in explanation.summary().items() if k != "inputs"}
+    for side, image, values in zip("ab", explanation.inputs, explanation.maps, strict=True):
+        body[f"{side}_png"] = base64.b64encode(overlay_png(image, values)).decode("ascii")
+    return body
 
 
 def pair_deletion(

@@ -31,6 +31,8 @@ from siamkit.serving.schemas import (
     Embeddings,
     EmbedJSON,
     Enrolled,
+    ExplainJSON,
+    Explanation,
     Identification,
     Indexed,
     PairJSON,
@@ -360,3 +362,62 @@ async def search(
     except GalleryError as error:
         raise HTTPException(409, " ".join(str(error).split())) from error
     return JSONResponse({"results": results})
+
+
+EXPLAIN_FORM = {
+    "type": "object",
+    "properties": {"a": FILE, "b": FILE, "method": ExplainJSON.model_json_schema()["properties"][
+        "method"], "baseline": ExplainJSON.model_json_schema()["properties"]["baseline"]},
+    "required": ["a", "b"],
+}  # fmt: skip
+
+
+@router.post(
+    "/explain", dependencies=READ, response_model=None,
+    responses={200: {"model": Explanation}, **errors(400, 401, 413, 415, 501, 503)},
+    openapi_extra=multipart_or_json(EXPLAIN_FORM, ExplainJSON),
+)  # fmt: skip
+async def explain(request: Request) -> JSONResponse:
+    """Why did the model score images ``a`` and ``b`` as it did? Multipart files ``a``, ``b``
+    (optional text fields ``method``, ``baseline``) or JSON (base64 images): the score, decision
+    and one PNG per input with its attribution map overlaid (see docs/explain.md). Image models
+    on the torch runtime only (501 on an ONNX server)."""
+    server = _server(request)
+    model = torch_model(server, "/v1/explain")
+    if content_kind(request) == "json":
+        body = await read_json(request, ExplainJSON)
+        blobs = [decode_base64(body.a, "a"), decode_base64(body.b, "b")]
+    else:
+        form = await read_form(request, server.settings)
+        blobs = []
+        for field in ("a", "b"):
+            files = await form_files(form, field, server.settings)
+            if len(files) != 1:
+                raise HTTPException(400, f"multipart field {field!r}: expected exactly one file")
+            blobs += files
+        options = {k: form.get(k) for k in ("method", "baseline") if form.get(k) is not None}
+        body = _form_options(options)
+    if server.model.kind != "image":
+        raise HTTPException(400, "/v1/explain explains image pairs; use siamkit explain for text")
+    loop = asyncio.get_running_loop()
+    a, b = await loop.run_in_executor(server.decoder, server.model.prepare, blobs)
+    answer = await loop.run_in_executor(None, _explained, model, a, b, body.method, body.baseline)
+    return JSONResponse(_calibrated(server, answer))
+
+
+def _form_options(options: dict[str, Any]) -> ExplainJSON:
+    """The multipart form's text options checked by the JSON body's schema (400 if invalid)."""
+    from pydantic import ValidationError
+
+    try:
+        return ExplainJSON.model_validate({"a": "", "b": "", **options})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise HTTPException(400, f"multipart field {first['loc'][0]!r}: {first['msg']}") from error
+
+
+def _explained(model: Any, a: Any, b: Any, method: str, baseline: str) -> dict[str, Any]:
+    from siamkit.explain import explain_images, overlay_body
+
+    explanation = explain_images(model.network, a, b, method, baseline, model.threshold)
+    return overlay_body(explanation)

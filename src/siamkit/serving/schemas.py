@@ -36,6 +36,31 @@ class PairJSON(BaseModel):
     b: str
 
 
+class ExplainJSON(BaseModel):
+    """``/v1/explain`` as JSON: two base64 images and how to attribute their score."""
+
+    model_config = ConfigDict(extra="forbid")
+    a: str
+    b: str
+    method: Literal["occlusion", "integrated_gradients", "saliency", "gradient_shap"] = "occlusion"
+    baseline: Literal["black", "mean", "blur"] = "blur"
+
+
+class Explanation(BaseModel):
+    """The pair's verdict and one PNG per input (base64): the input with its attribution map over
+    it, red where the pixels raise the score, blue where they lower it (docs/explain.md)."""
+
+    score: float
+    threshold: float | None
+    decision: Literal["same", "different"] | None
+    method: str
+    baseline: str
+    a_png: str = Field(description="base64 PNG: input a with its map (b fixed)")
+    b_png: str = Field(description="base64 PNG: input b with its map (a fixed)")
+    probability: float | None = Field(None, description=PROBABILITY)
+    probability_interval: list[float] | None = Field(None, description=INTERVAL)
+
+
 class Embeddings(BaseModel):
     embeddings: list[list[float]]
     dim: int
@@ -126,6 +151,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "request larger than the server's limits",
         415: "unsupported content type",
         422: "invalid parameter",
+        501: "the feature needs the torch runtime; this server runs an ONNX export",
         503: "the model is busy (queue full) or not ready; retry after Retry-After seconds",
     }
     return {code: {"model": Error, "description": text[code]} for code in codes}
