@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,6 +146,7 @@ def mlflow_run(out_dir: Path, uri: str | None, experiment: str, name: str) -> Ml
         from mlflow.tracking import MlflowClient
     except ImportError as error:
         raise ConfigError("--track mlflow needs mlflow: pip install 'siamkit[track]'") from error
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "creating tables"
     artifacts = None
     if uri is None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,16 +198,20 @@ class TensorBoardRun(_Run):
         self.writer.close()
 
 
-def open_run(kind: str, out_dir: str | Path, uri: str | None, name: str) -> TrackedRun:
-    """A new tracked run of back-end ``kind`` (``mlflow`` or ``tensorboard``) for a run whose
-    outputs go to ``out_dir``; ``uri`` is MLflow's tracking URI or TensorBoard's log folder."""
+def open_run(
+    kind: str, out_dir: str | Path, uri: str | None, name: str, experiment: str | None = None
+) -> TrackedRun:
+    """A new tracked run ``name`` of back-end ``kind`` (``mlflow`` or ``tensorboard``) for a run
+    whose outputs go to ``out_dir``; ``uri`` is MLflow's tracking URI (the run goes to
+    ``experiment``, default ``name``) or TensorBoard's log folder."""
     out_dir = Path(out_dir)
     if kind == "mlflow":
-        return mlflow_run(out_dir, uri, experiment=name, name=name)
+        return mlflow_run(out_dir, uri, experiment=experiment or name, name=name)
     if kind == "tensorboard":
         if uri is not None and "://" in uri:
             raise ConfigError(f"--track-uri for tensorboard is a folder, got {uri!r}")
-        return TensorBoardRun(Path(uri) if uri else out_dir / "tensorboard" / name)
+        folder = Path(uri) if uri else out_dir / "tensorboard"
+        return TensorBoardRun(folder / name.replace(" ", "-"))
     raise ConfigError(f"--track: expected one of {', '.join(TRACKERS)}, got {kind!r}")
 
 
@@ -216,15 +222,17 @@ def tracked_run(
     uri: str | None = None,
     name: str = "siamkit",
     params: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
 ) -> Iterator[Any]:
     """A tracked run for the block (``None`` when ``kind`` is None: tracking off), with
-    ``params`` logged; it ends FINISHED, or FAILED when the block raises."""
+    ``params`` logged; it ends FINISHED, or FAILED when the block raises. See
+    :func:`open_run` for the arguments."""
     if kind is None:
         if uri is not None:
             raise ConfigError("--track-uri needs --track mlflow or --track tensorboard")
         yield None
         return
-    run = open_run(kind, out_dir, uri, name)
+    run = open_run(kind, out_dir, uri, name, experiment)
     if params:
         run.log_params(params)
     try:

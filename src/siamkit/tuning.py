@@ -174,7 +174,7 @@ def open_study(recipe: TrainRecipe, storage: str, name: str) -> optuna.Study:
             load_if_exists=True,
         )  # fmt: skip
     )
-    fingerprint = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
+    fingerprint = json.dumps(recipe.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
     known = study.user_attrs.get("siamkit_recipe")
     if known is None:
         study.set_user_attr("siamkit_recipe", fingerprint)
@@ -191,16 +191,25 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url`` with a heartbeat (a killed worker's trial is failed
     after a minute and replaced); SQLite files get their folder and a long lock timeout."""
     import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
+    try:
+        make_url(url)
+    except ArgumentError as error:
+        raise ConfigError(f"--storage {url!r}: not an SQLAlchemy database URL") from error
     options: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         options = {"connect_args": {"timeout": 120}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=options, heartbeat_interval=20, grace_period=60
-        )
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=options, heartbeat_interval=20, grace_period=60
+            )
+        except ImportError as error:
+            raise ConfigError(f"--storage {masked(url)}: {error}") from error
 
 
 def sampler(recipe: TrainRecipe, trial_number: int) -> optuna.samplers.TPESampler:
@@ -218,12 +227,12 @@ def sampler(recipe: TrainRecipe, trial_number: int) -> optuna.samplers.TPESample
 
 def _retry(make: Callable[[], Any], attempts: int = 6) -> Any:
     """``make()``, retried when workers starting together race to create the tables."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import DBAPIError
 
     for attempt in range(attempts):
         try:
             return make()
-        except SQLAlchemyError:  # "table exists", a duplicate schema version row, a lock
+        except DBAPIError:  # "table exists", a duplicate schema version row, a lock
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))

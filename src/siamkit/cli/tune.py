@@ -44,7 +44,8 @@ def tune(
     recipe = load_recipe(config)
     out = out or Path("runs") / f"{config.stem}-tune"
     name = study or config.stem
-    with tracked_run(track, out, track_uri, f"{name}-tune", recipe_params(recipe)) as run:
+    params = recipe_params(recipe)
+    with tracked_run(track, out, track_uri, f"tune {name}", params, experiment=name) as run:
         result = tune_recipe(
             recipe, out, trials, storage, name, data_dir, tracker=run, say=console.print
         )
