@@ -124,7 +124,8 @@ def test_calibrated_groups_store_the_table_and_warning():
     assert found["trials"] == 40 and found["people"] == 10 and found["groups"] == 2
     assert found["cosine"] == found["sizes"][0]["cosine"]
     assert [r["size"] for r in found["sizes"]] == [1, 2, 6]
-    assert found["sizes"][2]["extrapolated"] and "extrapolated" in found["warning"]
+    assert found["sizes"][2]["extrapolated"] and not found["sizes"][1]["extrapolated"]
+    assert "40 stranger probes" in found["warning"]  # 0 of 40 accepted: up to 8.8%
     json.dumps(found)  # stored in config.json
 
 
