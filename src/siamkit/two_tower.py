@@ -129,9 +129,12 @@ def class_name_pairs(items: Tensor | Sequence[Any], labels: Tensor, classes: Seq
 class MatchedPairBatches:
     """Batches ``(a, b, ones)`` of matched pairs for the in-batch contrastive loss: each batch
     holds ``batch_size`` pairs with **distinct keys** (every other pair of the batch is a true
-    negative); each epoch visits every pair about once, in a new seeded order."""
+    negative); each epoch visits every pair about once, in a new seeded order. ``augment_b``
+    (e.g. :func:`siamkit.data.transforms.build_augmentation`) transforms each tensor ``b`` item."""
 
-    def __init__(self, pairs: MatchedPairs, batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self, pairs: MatchedPairs, batch_size: int = 32, seed: int = 0, augment_b: Any = None
+    ) -> None:
         distinct = len(torch.unique(pairs.keys))
         if batch_size < 2 or distinct < 2:
             raise DataError(
@@ -139,6 +142,7 @@ class MatchedPairBatches:
                 f"batch_size {batch_size} and {distinct} keys"
             )
         self.pairs, self.batch_size, self.seed = pairs, min(batch_size, distinct), seed
+        self.augment_b = augment_b
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -170,4 +174,5 @@ class MatchedPairBatches:
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Tensor]]:
         for idx in self.batch_indices():
-            yield take(self.pairs.a, idx), take(self.pairs.b, idx), torch.ones(len(idx))
+            b = take(self.pairs.b, idx, self.augment_b)
+            yield take(self.pairs.a, idx), b, torch.ones(len(idx))

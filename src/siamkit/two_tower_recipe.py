@@ -25,6 +25,7 @@ from torch import nn
 from siamkit.checkpoint import atomic_write_text
 from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData
+from siamkit.data.transforms import build_augmentation
 from siamkit.encoders import build_encoder
 from siamkit.errors import ConfigError, DataError
 from siamkit.evaluation.cross_modal import cross_modal_recall, matched_pair_scores
@@ -141,7 +142,8 @@ def run_two_tower_recipe(
             f"(symmetric: true), not {recipe.loss.name!r}"
         )
     pairs = class_name_pairs(splits.train.items, splits.train.labels, names)
-    batches = MatchedPairBatches(pairs, recipe.batches.batch_size, recipe.seed)
+    augment = build_augmentation(recipe.augmentation)
+    batches = MatchedPairBatches(pairs, recipe.batches.batch_size, recipe.seed, augment)
     evaluation = recipe.evaluation
     started = time.perf_counter()
     history = fit(

@@ -74,6 +74,8 @@ class AudioPreprocessor:
     """WAV files (or mono float arrays at ``sample_rate``) -> log-mel batches (B, 1, n_mels,
     frames); see the module docstring for every step."""
 
+    suffixes = AUDIO_SUFFIXES  # the files it reads (``siamkit index`` looks for these)
+
     def __init__(
         self,
         sample_rate: int = 8000,

@@ -96,15 +96,24 @@ def search_files(
     return gallery.search(embed_files(model, files), k=k)
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted."""
+def image_files(folder: str | Path, suffixes: set[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Every image file (or file with one of ``suffixes``) under ``folder`` (recursively),
+    sorted."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes)
     if not files:
-        raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        kind = "image" if suffixes == IMAGE_SUFFIXES else "input"
+        raise DataError(f"{root}: no {kind} files ({', '.join(sorted(suffixes))})")
     return files
+
+
+def input_suffixes(model: Model) -> set[str]:
+    """The files ``index`` reads for ``model``: its (a two-tower model's tower b) preprocessing's
+    ``suffixes`` (an audio model's ``.wav``), else images."""
+    pre = model.preprocess_b if getattr(model, "preprocess_b", None) else model.preprocess
+    return set(getattr(pre, "suffixes", IMAGE_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,7 @@ def index_folder(
     are committed one at a time: an interrupted run keeps what it finished.
     """
     root = Path(folder)
-    files = image_files(root)
+    files = image_files(root, input_suffixes(model))
     known = gallery.sources() if len(gallery) else set()
     todo = [f for f in files if str(f) not in known]
     with Progress(disable=not show_progress, transient=True) as progress:

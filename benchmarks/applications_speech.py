@@ -1,0 +1,205 @@
+"""Part ``speech`` of benchmarks/applications.py: FSDD spoken digits on voices never heard in
+training (docs/speech.md).
+
+- **keywords** (``configs/fsdd-keywords.yaml``, 6 folds: each speaker held out once): 10-way
+  1-shot and 5-shot accuracy, enrolling K takes per digit of the held-out speaker and classifying
+  all the others, ``EPISODES`` seeded episodes per fold; figure ``fsdd_1shot_accuracy`` = the mean
+  over folds of the 1-shot accuracy.
+- **speakers** (``configs/fsdd-speakers.yaml``, 3 folds: each pair of speakers held out once,
+  training on the other 4): EER over every pair of the two unseen speakers' takes; figure
+  ``fsdd_speaker_eer`` = the mean over folds.
+- **text-to-speech** (``configs/fsdd-text-speech.yaml``, a two-tower model, 6 folds): recall@1
+  both ways between the ten digit words and the held-out speaker's 500 recordings; figure
+  ``text_speech_recall_at_1`` = the smaller of the two directions' means over folds.
+
+The baseline (MFCC mean + std, standardised, nearest neighbour; cosine for speakers) is scored on
+the same episodes and pairs. Runs are kept in ``benchmarks/runs/applications_speech/<full|quick>/``
+and resumed when interrupted.
+
+    .venv/bin/python benchmarks/applications.py --parts speech [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import siamkit
+from benchmark_parts import PartResult
+from benchmarks_common import REPOSITORY, markdown_table
+from siamkit.data.datasets import build_dataset
+from siamkit.data.fsdd import SPEAKER_PAIRS, SPEAKERS, list_recordings
+from siamkit.data.paths import dataset_dir
+from siamkit.evaluation.embedding import embed_all
+from siamkit.evaluation.speech_eval import (
+    SHOTS,
+    keyword_accuracy,
+    mfcc_vectors,
+    speaker_eer,
+    standardized,
+)
+from siamkit.heads import EuclideanHead
+from siamkit.recipe import load_recipe, run_recipe
+from siamkit.two_tower_recipe import two_tower_report
+
+EPISODES = 1000
+SEED = 0
+RUNS = REPOSITORY / "benchmarks" / "runs" / "applications_speech"
+TARGETS = {"fsdd_1shot_accuracy": 0.95, "fsdd_speaker_eer": 0.05, "text_speech_recall_at_1": 0.90}
+
+
+def train(config: str, fold: int, quick: bool) -> tuple[Any, Any, float]:
+    """Train (or resume) the recipe ``config`` on ``fold``; quick runs train 2 epochs."""
+    recipe = load_recipe(REPOSITORY / "configs" / f"{config}.yaml")
+    data = recipe.data.model_copy(update={"params": {**recipe.data.params, "fold": fold}})
+    update: dict[str, Any] = {"data": data}
+    if quick:
+        update["training"] = recipe.training.model_copy(update={"epochs": 2})
+    recipe = recipe.model_copy(update=update)
+    out = RUNS / ("quick" if quick else "full") / f"{config}-fold{fold}"
+    started = time.process_time()
+    result = run_recipe(recipe, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
+    return recipe, result, time.process_time() - started
+
+
+class Baseline:
+    """MFCC vectors of every FSDD recording, computed once, looked up per held-out set."""
+
+    def __init__(self) -> None:
+        rec = list_recordings(dataset_dir("fsdd"))
+        self.vectors = mfcc_vectors(rec.files)
+        self.speakers = [rec.speaker_names[s] for s in rec.speakers.tolist()]
+
+    def of(self, names: tuple[str, ...]) -> torch.Tensor:
+        """Standardised MFCC vectors of these speakers' recordings, in the reader's order."""
+        keep = [i for i, s in enumerate(self.speakers) if s in names]
+        return standardized(self.vectors[keep])
+
+
+def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str, Any]]:
+    rows = []
+    for fold in folds:
+        recipe, result, cpu = train("fsdd-keywords", fold, quick)
+        test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
+        model = siamkit.load(result.model_dir)
+        emb = embed_all(model.network, test.items)
+        mfcc = baseline.of((SPEAKERS[fold],))
+        row: dict[str, Any] = {"fold": fold, "held-out speaker": SPEAKERS[fold]}
+        for k in SHOTS:
+            ours = keyword_accuracy(
+                model.network.head, emb, test.labels, test.groups, k, EPISODES, SEED
+            )
+            base = keyword_accuracy(
+                EuclideanHead(), mfcc, test.labels, test.groups, k, EPISODES, SEED
+            )
+            row[f"{k}-shot"], row[f"{k}-shot ci95"] = ours.mean, ours.ci95
+            row[f"mfcc {k}-shot"] = base.mean
+        row["train cpu min"] = cpu / 60
+        rows.append(row)
+    return rows
+
+
+def speakers(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str, Any]]:
+    rows = []
+    for fold in folds:
+        recipe, result, cpu = train("fsdd-speakers", fold, quick)
+        test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
+        model = siamkit.load(result.model_dir)
+        ours = speaker_eer(embed_all(model.network, test.items), test.labels)
+        base = speaker_eer(baseline.of(SPEAKER_PAIRS[fold]), test.labels)
+        rows.append({
+            "fold": fold, "held-out speakers": " + ".join(SPEAKER_PAIRS[fold]),
+            "EER": ours["eer"], "TAR@FAR1%": ours["tar_at_far_1pct"], "mfcc EER": base["eer"],
+            "pairs": ours["pairs"], "train cpu min": cpu / 60,
+        })  # fmt: skip
+    return rows
+
+
+def text_speech(folds: list[int], quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    for fold in folds:
+        recipe, result, cpu = train("fsdd-text-speech", fold, quick)
+        test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
+        model = siamkit.load(result.model_dir)
+        report = two_tower_report(model.network, test, model.threshold, SEED)
+        rows.append({
+            "fold": fold, "held-out speaker": SPEAKERS[fold],
+            "speech -> text R@1": report["b_to_a_recall_at_1"],
+            "text -> speech R@1": report["a_to_b_recall_at_1"],
+            "text -> speech R-precision": report["a_to_b_r_precision"],
+            "pair EER": report["eer"], "train cpu min": cpu / 60,
+        })  # fmt: skip
+    return rows
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def run(quick: bool) -> PartResult:
+    """Every fold of the three tasks (quick: fold 0 of each, 2 epochs)."""
+    baseline = Baseline()
+    kw = keywords([0] if quick else list(range(len(SPEAKERS))), quick, baseline)
+    sp = speakers([0] if quick else list(range(len(SPEAKER_PAIRS))), quick, baseline)
+    ts = text_speech([0] if quick else list(range(len(SPEAKERS))), quick)
+    speech_to_text, text_to_speech = mean(ts, "speech -> text R@1"), mean(ts, "text -> speech R@1")
+    figures = {
+        "fsdd_1shot_accuracy": mean(kw, "1-shot"),
+        "fsdd_speaker_eer": mean(sp, "EER"),
+        "text_speech_recall_at_1": min(speech_to_text, text_to_speech),
+    }
+    details = {
+        "fsdd_5shot_accuracy": mean(kw, "5-shot"),
+        "mfcc_1shot_accuracy": mean(kw, "mfcc 1-shot"),
+        "mfcc_5shot_accuracy": mean(kw, "mfcc 5-shot"),
+        "mfcc_speaker_eer": mean(sp, "mfcc EER"),
+        "speech_to_text_recall_at_1": speech_to_text,
+        "text_to_speech_recall_at_1": text_to_speech,
+        "keywords": kw, "speakers": sp, "text_speech": ts,
+        "episodes_per_fold": EPISODES, "targets": TARGETS,
+    }  # fmt: skip
+    return PartResult(figures, markdown(figures, details, quick), details, SEED)
+
+
+def markdown(figures: dict[str, float], details: dict[str, Any], quick: bool) -> str:
+    met = {
+        k: (v <= TARGETS[k] if k == "fsdd_speaker_eer" else v >= TARGETS[k])
+        for k, v in figures.items()
+    }
+    summary = [
+        {"task": "one-shot keyword spotting, new voice (10-way 1-shot)",
+         "siamkit": f"{100 * figures['fsdd_1shot_accuracy']:.2f}%",
+         "MFCC baseline": f"{100 * details['mfcc_1shot_accuracy']:.2f}%",
+         "target": ">= 95%", "met": met["fsdd_1shot_accuracy"]},
+        {"task": "keyword spotting, 10-way 5-shot",
+         "siamkit": f"{100 * details['fsdd_5shot_accuracy']:.2f}%",
+         "MFCC baseline": f"{100 * details['mfcc_5shot_accuracy']:.2f}%", "target": "-",
+         "met": "-"},
+        {"task": "speaker verification EER, 2 unseen speakers",
+         "siamkit": f"{100 * figures['fsdd_speaker_eer']:.2f}%",
+         "MFCC baseline": f"{100 * details['mfcc_speaker_eer']:.2f}%",
+         "target": "<= 5%", "met": met["fsdd_speaker_eer"]},
+        {"task": "text-to-speech recall@1 (min of both ways)",
+         "siamkit": f"{100 * figures['text_speech_recall_at_1']:.2f}% (speech->text "
+                    f"{100 * details['speech_to_text_recall_at_1']:.2f}%, text->speech "
+                    f"{100 * details['text_to_speech_recall_at_1']:.2f}%)",
+         "MFCC baseline": "-", "target": ">= 90% both ways", "met": met["text_speech_recall_at_1"]},
+    ]  # fmt: skip
+    parts = [
+        "## speech\n",
+        "FSDD (6 speakers x 10 digits x 50 takes), every figure on voices never heard in "
+        "training; means over the folds. "
+        + ("**Quick run** (fold 0, 2 epochs). " if quick else "")
+        + "Protocols: docs/speech.md.\n",
+        markdown_table(summary),
+        "\n### keywords (10-way, leave one speaker out)\n",
+        markdown_table(details["keywords"]),
+        "\n### speakers (verification among 2 held-out speakers, trained on the other 4)\n",
+        markdown_table(details["speakers"]),
+        "\n### text-to-speech (two towers, leave one speaker out)\n",
+        markdown_table(details["text_speech"]),
+    ]
+    return "\n".join(parts) + "\n"
