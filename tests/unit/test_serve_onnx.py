@@ -124,6 +124,8 @@ def test_onnx_server_keeps_the_limits_and_the_auth(folders, tmp_path):
                       ).status_code == 403  # fmt: skip
         text = c.post("/v1/similarity", json={"a": "x", "b": "y"})
         assert text.status_code == 400 and "text models" in text.json()["detail"]
+        explain = c.post("/v1/explain", files=pair)
+        assert explain.status_code == 501 and "this server runs onnx" in explain.json()["detail"]
         metrics = c.get("/metrics").text
         assert 'siamkit_requests_total{endpoint="/v1/verify",method="POST",status="400"} 2.0' in (
             metrics
