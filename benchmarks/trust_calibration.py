@@ -5,7 +5,8 @@ validation classes (:func:`siamkit.calibration.fit_calibrator`: Platt or isotoni
 cross-validated log-loss) and report ECE (15 bins), Brier score and log-loss on the test classes,
 before (the score read naively as a probability, see ``naive_probability``) and after.
 
-- faces: configs/faces.yaml (AT&T, fold 0: 4 validation people calibrate, 12 test people)
+- faces: configs/faces-pretrained.yaml (AT&T, fold 0: 4 validation people calibrate, 12 test
+  people); faces_conv4: the same split with configs/faces.yaml (the Conv-4 trained from scratch)
 - omniglot: configs/omniglot-contrastive.yaml (validation alphabets calibrate, evaluation
   alphabets test); epochs shortened (see ``EPOCHS``)
 - signatures: configs/signatures.yaml, fold 0 (one map per K and aggregate on the 8 validation
@@ -41,7 +42,8 @@ from siamkit.calibration import (
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs" / "trust_calibration"
 CONFIGS = {
-    "faces": "faces.yaml",
+    "faces": "faces-pretrained.yaml",
+    "faces_conv4": "faces.yaml",
     "omniglot": "omniglot-contrastive.yaml",
     "signatures": "signatures.yaml",
     "stsb": "stsb-minilm.yaml",
@@ -51,11 +53,13 @@ CONFIGS = {
 # calibration, which needs a trained model, not the best one
 EPOCHS: dict[str, int | None] = {
     "faces": None,
+    "faces_conv4": None,
     "omniglot": 4,
-    "signatures": None,
+    "signatures": 2,
     "stsb": 1,
     "mrpc": 1,
 }
+SIGNATURE_BATCHES = 24  # batches per epoch of the signature recipe here (the recipe: 48)
 TEXT_TRAIN_PAIRS = 1600  # the sentence-pair recipes fine-tune MiniLM on this many pairs here
 TARGET_ECE = 0.02
 TARGET_TASKS = ("faces", "signatures", "omniglot")
@@ -68,8 +72,14 @@ def recipe_for(task: str, quick: bool) -> Any:
     recipe = load_recipe(ROOT / "configs" / CONFIGS[task])
     epochs = 1 if quick else EPOCHS[task]
     update: dict[str, Any] = {}
+    if recipe.init_weights:  # relative to the repository root, not to benchmarks/
+        update["init_weights"] = str(ROOT / recipe.init_weights)
     if epochs is not None:
         update["training"] = recipe.training.model_copy(update={"epochs": epochs})
+    if task == "signatures":
+        update["batches"] = recipe.batches.model_copy(
+            update={"batches_per_epoch": SIGNATURE_BATCHES}
+        )
     if recipe.sentence_pairs:
         params = {**recipe.data.params, "train_pairs": TEXT_TRAIN_PAIRS}
         update["data"] = recipe.data.model_copy(update={"params": params})
