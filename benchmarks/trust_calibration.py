@@ -17,7 +17,9 @@ before (the score read naively as a probability, see ``naive_probability``) and 
 Runs are kept in ``benchmarks/runs/trust_calibration/full/<task>`` (recipe runs resume from
 their checkpoints) with each task's report; ``TRUST_CALIBRATION_TASKS=faces,omniglot`` measures
 only those tasks and takes the others' reports from their earlier runs (so tasks can run side by
-side in separate processes).
+side in separate processes). ``TRUST_CALIBRATION_MODELS=faces=runs/x/model`` calibrates a copy
+of a model folder already trained with the task's recipe instead of training one (its source is
+recorded in the task's ``trained_by``).
 
     .venv/bin/python benchmarks/trust.py --parts calibration
 """
@@ -107,6 +109,25 @@ def recipe_task(task: str, quick: bool) -> dict[str, Any]:
     return report
 
 
+def folder_task(task: str, source: Path) -> dict[str, Any]:
+    """Calibrate a copy of an existing model folder trained with a repository recipe
+    (``siamkit calibrate``: the recipe's own validation and test pairs)."""
+    import shutil
+
+    from siamkit.calibrate_model import calibrate_folder
+
+    folder = RUNS / "full" / task / "model_from_folder"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(source, folder)
+    report = calibrate_folder(folder)
+    plot = RESULTS / f"trust_calibration_{task}.png"
+    Path(report.pop("plot")).replace(plot)
+    recipe = json.loads((source / "config.json").read_text())["extra"]["recipe"]
+    report.update(plot=str(plot.relative_to(ROOT)), epochs=recipe["training"]["epochs"],
+                  trained_by=str(source), loss=recipe["loss"]["name"])  # fmt: skip
+    return report
+
+
 def signature_task(quick: bool) -> dict[str, Any]:
     """Train fold 0, calibrate one map per K and aggregate on its validation writers, report on
     its test writers (K = 5, the aggregate chosen on validation; every K in ``by_k``)."""
@@ -156,6 +177,9 @@ def signature_task(quick: bool) -> dict[str, Any]:
 def run(quick: bool) -> PartResult:
     """Every task's calibration figures (the ``calibration`` part of benchmarks/trust.py)."""
     chosen = os.environ.get("TRUST_CALIBRATION_TASKS", ",".join(CONFIGS)).split(",")
+    models = [item for item in os.environ.get("TRUST_CALIBRATION_MODELS", "").split(",") if item]
+    # task=model folder: calibrate that trained model instead of training one
+    folders = {task: ROOT / path for task, path in (item.split("=", 1) for item in models)}
     reports: dict[str, dict[str, Any]] = {}
     for task in CONFIGS:
         saved = RUNS / ("quick" if quick else "full") / task / "calibration_report.json"
@@ -164,7 +188,12 @@ def run(quick: bool) -> PartResult:
                 reports[task] = json.loads(saved.read_text())
             continue
         console.print(f"[bold]calibration[/]: {task}")
-        reports[task] = signature_task(quick) if task == "signatures" else recipe_task(task, quick)
+        if task in folders:
+            reports[task] = folder_task(task, folders[task])
+        elif task == "signatures":
+            reports[task] = signature_task(quick)
+        else:
+            reports[task] = recipe_task(task, quick)
         saved.write_text(json.dumps(reports[task], indent=2))
         console.print(reports[task]["before"], reports[task]["after"])
     figures = {
@@ -198,6 +227,13 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         f"- {task}: {reports[task]['ece_floor']:.4f} on {reports[task]['test_pairs']} pairs"
         for task in reports
     ]
+    sources = [
+        f"- {task}: a copy of `{r['trained_by']}` ({r['epochs']} epochs, loss {r['loss']}), "
+        "trained with the task's repository recipe by another benchmark run, calibrated here"
+        if "trained_by" in r
+        else f"- {task}: trained here ({r['epochs'] or 'the recipe'} epochs)"
+        for task, r in reports.items()
+    ]
     figures = "\n".join(f"![{t}]({Path(r['plot']).name})" for t, r in reports.items())
     return "\n".join([
         "ECE (15 equal-width bins), Brier score and log-loss on the test classes; *before* reads "
@@ -206,5 +242,5 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         "", markdown_table(rows), "", "Target ECE <= 0.02 after calibration:", *checks, "",
         "ECE of a perfectly calibrated map on these pairs (sampling noise: labels drawn 20 times "
         "from the calibrated probabilities):",
-        *noise, "", figures,
+        *noise, "", "Models:", *sources, "", figures,
     ])  # fmt: skip
