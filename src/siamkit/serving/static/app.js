@@ -389,6 +389,7 @@ function verifyMode() {
 function setVerifyMode(mode) {
   $(`input[name=verify-mode][value=${mode}]`).checked = true;
   for (const pair of $$("#verify-form .pair")) pair.hidden = pair.dataset.mode !== mode;
+  $("#explain-submit").hidden = mode !== "images";
 }
 
 function need(condition, message) {
@@ -425,6 +426,29 @@ async function onVerify(event) {
       data = await api("v1/verify", { form: body });
     }
     renderVerify(target, data);
+  });
+}
+
+/** Why? The two images with their attribution maps (POST /v1/explain, docs/explain.md). */
+async function onExplain() {
+  const form = $("#verify-form");
+  const target = $("#verify-result");
+  await submitting(form, target, "Explaining…", async () => {
+    const a = $("#verify-a").files[0];
+    const b = $("#verify-b").files[0];
+    need(a && b, "Choose two images first.");
+    const body = new FormData();
+    body.append("a", a, a.name);
+    body.append("b", b, b.name);
+    const data = await api("v1/explain", { form: body });
+    renderVerify(target, data);
+    const overlay = (png, alt) => el("img", { src: `data:image/png;base64,${png}`, alt, width: 200 });
+    target.append(
+      el("figure", { class: "explanation", id: "explanation" },
+        overlay(data.a_png, "first image with its attribution map"),
+        overlay(data.b_png, "second image with its attribution map"),
+        el("figcaption", { text: `Red: what makes the two look alike; blue: what tells them apart (${words(data.method)}).` }))
+    );
   });
 }
 
@@ -569,6 +593,7 @@ function main() {
     radio.addEventListener("change", () => setVerifyMode(verifyMode()));
   }
   $("#verify-form").addEventListener("submit", onVerify);
+  $("#explain-submit").addEventListener("click", onExplain);
   $("#identify-form").addEventListener("submit", onIdentify);
   $("#enroll-form").addEventListener("submit", onEnroll);
   for (const form of $$("form")) {
