@@ -89,6 +89,7 @@ def heldout_recipe(out: Path) -> Path:
     raw["data_dir"] = str(folder)
     raw["tune"]["params"]["batches.m_per_class"]["choices"] = [12, 15, 20]  # 5 train classes
     raw["batches"]["m_per_class"] = 12
+    raw["evaluation"]["fewshot"] = [{"n_way": 3, "k_shot": 1, "episodes": 1000}]  # 3 test digits
     config = out / "digits-heldout-tune.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     return config
