@@ -151,3 +151,29 @@ def test_single_encoder_folders_still_load_as_version_1(tmp_path: Path) -> None:
     assert model.config.format_version == 1 and not model.two_tower
     with pytest.raises(CheckpointError, match="encoder_b"):
         save_model(tmp_path / "bad", towers(), TEXT, {"name": "cosine"})
+
+
+def test_cross_modal_recall_counts_both_directions() -> None:
+    a = torch.eye(3)  # three keys' a-side embeddings
+    b = torch.tensor([[1.0, 0, 0], [0, 1, 0.3], [0, 0.4, 1], [0, 1, 0.2]])
+    keys = torch.tensor([0, 1, 2, 2])  # the last item sits nearer key 1 than its own key 2
+    r = cross_modal_recall(CosineHead(), a, torch.arange(3), b, keys)
+    assert r["b_to_a_recall_at_1"] == 0.75
+    assert r["a_to_b_recall_at_1"] == pytest.approx(2 / 3)  # key 1's best item is key 2's
+    assert r["a_to_b_r_precision"] == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_index_reads_the_files_of_the_models_preprocessing() -> None:
+    from siamkit.data.audio import AudioPreprocessor
+    from siamkit.gallery.images import input_suffixes
+    from siamkit.model import Model, ModelConfig
+
+    config = ModelConfig(
+        encoder=TEXT,
+        head={"name": "cosine"},
+        encoder_b=VECTORS,
+        preprocess_b=AudioPreprocessor().spec,
+    )
+    model = Model(towers(), config)
+    assert input_suffixes(model) == {".wav"}
+    assert model.tower_of("x.wav") == "b" and model.tower_of("seven") == "a"
