@@ -35,8 +35,8 @@ def explain(
         str, typer.Option(help="occlusion, integrated_gradients, saliency or gradient_shap.")
     ] = "occlusion",
     baseline: Annotated[
-        str, typer.Option(help="What deleted pixels become: black, mean, blur.")
-    ] = ("black"),
+        str, typer.Option(help="What removed pixels become: blur (default), mean or black.")
+    ] = "blur",
     steps: Annotated[
         int, typer.Option(min=2, help="Integration steps (integrated gradients, text).")
     ] = 32,

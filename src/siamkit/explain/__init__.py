@@ -125,7 +125,7 @@ def explain_images(
     a: Tensor,
     b: Tensor,
     method: str = "occlusion",
-    baseline: str = "black",
+    baseline: str = "blur",
     threshold: float | None = None,
     **options: Any,
 ) -> PairExplanation:
@@ -144,7 +144,7 @@ def explain_images(
 
 
 def explain_pair(
-    model: Any, a: Any, b: Any, method: str = "occlusion", baseline: str = "black", **options: Any
+    model: Any, a: Any, b: Any, method: str = "occlusion", baseline: str = "blur", **options: Any
 ) -> PairExplanation | TextExplanation:
     """Explain the score of inputs ``a`` and ``b`` under a loaded :class:`~siamkit.model.Model`.
 
@@ -225,7 +225,7 @@ def pair_deletion(
     a: Tensor,
     b: Tensor,
     methods: Sequence[str] = ("occlusion",),
-    baseline: str = "black",
+    baseline: str = "blur",
     patch: tuple[int, int] | None = None,
     steps: int = 16,
     random_orders: int = 4,

@@ -42,7 +42,7 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-def image_baseline(x: Tensor, kind: str = "black") -> Tensor:
+def image_baseline(x: Tensor, kind: str = "blur") -> Tensor:
     """The baseline of a (1, C, H, W) or (C, H, W) image batch (see the module docstring)."""
     check_choice(kind, BASELINES, "baseline")
     if kind == "black":
@@ -78,7 +78,7 @@ def attribute_image(
     score: ScoreFunction,
     x: Tensor,
     method: str = "occlusion",
-    baseline: str = "black",
+    baseline: str = "blur",
     window: tuple[int, int] | None = None,
     steps: int = 32,
     batch_size: int = 64,

@@ -103,7 +103,9 @@ class _TransformerAdapter(_TextAdapter):
     @contextmanager
     def feeding(self, ids: Tensor) -> Iterator[list[str]]:
         batch = {
-            k: v.expand(ids.shape[0], -1) for k, v in self.features.items() if k != "input_ids"
+            k: v.expand(ids.shape[0], -1) if isinstance(v, Tensor) else v
+            for k, v in self.features.items()
+            if k != "input_ids"
         }
         name = "preprocess" if getattr(self.model, "preprocess", None) else "tokenize"
         setattr(self.model, name, lambda texts: {**batch, "input_ids": ids})
