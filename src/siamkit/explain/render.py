@@ -80,6 +80,7 @@ def save_pair_png(
         _draw(axis, image, values, name)
     title = decision_text(score, threshold)
     figure.suptitle(f"{title}\n{caption}" if caption else title, fontsize=9)
+    figure.subplots_adjust(top=0.8 if caption else 0.88)  # room for the two-line title
     figure.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
