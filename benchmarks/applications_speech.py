@@ -101,7 +101,7 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
             )
             row[f"{k}-shot"], row[f"{k}-shot ci95"] = ours.mean, ours.ci95
             row[f"mfcc {k}-shot"] = base.mean
-        row["train cpu min"] = cpu / 60
+        row["cpu min (this process)"] = cpu / 60
         rows.append(row)
     return rows
 
@@ -117,7 +117,7 @@ def speakers(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
         rows.append({
             "fold": fold, "held-out speakers": " + ".join(SPEAKER_PAIRS[fold]),
             "EER": ours["eer"], "TAR@FAR1%": ours["tar_at_far_1pct"], "mfcc EER": base["eer"],
-            "pairs": ours["pairs"], "train cpu min": cpu / 60,
+            "pairs": ours["pairs"], "cpu min (this process)": cpu / 60,
         })  # fmt: skip
     return rows
 
@@ -134,7 +134,7 @@ def text_speech(folds: list[int], quick: bool) -> list[dict[str, Any]]:
             "speech -> text R@1": report["b_to_a_recall_at_1"],
             "text -> speech R@1": report["a_to_b_recall_at_1"],
             "text -> speech R-precision": report["a_to_b_r_precision"],
-            "pair EER": report["eer"], "train cpu min": cpu / 60,
+            "pair EER": report["eer"], "cpu min (this process)": cpu / 60,
         })  # fmt: skip
     return rows
 
@@ -209,13 +209,14 @@ def markdown(figures: dict[str, float], details: dict[str, Any], quick: bool) ->
          "MFCC baseline": "-", "target": ">= 90% both ways", "met": met["text_speech_recall_at_1"]},
     ]  # fmt: skip
     parts = [
-        "## speech\n",
         "FSDD (6 speakers x 10 digits x 50 takes), every figure on voices never heard in "
         "training; means over the folds. "
         + ("**Quick run** (fold 0, 2 epochs). " if quick else "")
         + "Folds run: "
         + "; ".join(f"{k} {v}" for k, v in details["folds_run"].items())
-        + " (of 6, 3 and 6). Protocols: docs/speech.md.\n",
+        + " (of 6, 3 and 6). Protocols: docs/speech.md. The CPU column is this process's: a "
+        "run trained beforehand (same recipe and folder, resumed from its last checkpoint) shows "
+        "only its evaluation.\n",
         markdown_table(summary),
         "\n### keywords (10-way, leave one speaker out)\n",
         markdown_table(details["keywords"]),
