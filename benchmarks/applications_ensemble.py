@@ -3,9 +3,9 @@ each of its parts on known classes with few images each?
 
 AT&T faces (configs/faces-ensemble.yaml: 40 people, few training images each) over several seeds
 (each seed re-cuts the images and retrains), and, with ``SIAMKIT_ENSEMBLE_OMNIGLOT=1``, Omniglot's
-964 background characters (configs/omniglot-ensemble.yaml, 5 training drawings each) once. Every run is
-``run_ensemble_recipe`` (what ``siamkit train`` runs) into runs/bench/ensemble/, reused when its
-report exists (resume by running again).
+964 background characters (configs/omniglot-ensemble.yaml, 5 training drawings each) once. Every
+run is ``run_ensemble_recipe`` (what ``siamkit train`` runs) into runs/bench/ensemble/, reused when
+its report exists (resume by running again).
 
     .venv/bin/python benchmarks/applications.py --parts ensemble [--quick]
 """
