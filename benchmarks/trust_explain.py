@@ -46,7 +46,11 @@ CACHE = ROOT / "runs" / "explain" / "bench"
 TASKS: dict[str, dict[str, Any]] = {
     "faces": {"config": "faces.yaml", "run": "runs/faces", "epochs": None},
     "omniglot": {"config": "omniglot-batch-hard.yaml", "run": "runs/explain/omniglot", "epochs": 7},
-    "signatures": {"config": "signatures-conv4.yaml", "run": "runs/explain/signatures", "epochs": 1},
+    "signatures": {
+        "config": "signatures-conv4.yaml",
+        "run": "runs/explain/signatures",
+        "epochs": 1,
+    },
 }
 METHODS = ["occlusion", "integrated_gradients", "saliency", "gradient_shap", "random"]
 IG_STEPS = 16
