@@ -82,8 +82,8 @@ def run(quick: bool) -> PartResult:
         "accuracy = share of test images whose most probable class is right. The weight is the "
         "siamese share (1 = siamese only), chosen by validation log-loss.",
         "Each seed re-cuts every class's images into training / validation / test and retrains "
-        "the network; the classifier is a logistic regression on raw pixels, C chosen on the "
-        "validation images.",
+        "both networks; the classifier is the recipe's (configs/faces-ensemble.yaml: a second "
+        "Conv-4 trained as a softmax classifier), its temperature fitted on the validation images.",
     ]
     markdown = markdown_table(rows) + "\n" + "\n\n".join(notes) + "\n"
     figures = {f"{part}_accuracy": mean_accuracy(faces, part) for part in PARTS}
