@@ -20,7 +20,7 @@ from siamkit.calibration import (
     reliability_diagram,
     store_calibration,
 )
-from siamkit.errors import CheckpointError
+from siamkit.errors import CheckpointError, DataError
 from siamkit.model import Model, load
 
 
@@ -50,6 +50,8 @@ def calibrate_folder(
             model, recipe, data_dir
         )
         calibrator, report = calibrate_run(val, test, model.config.head.name, plot, seed)
+        if calibrator is None:
+            raise DataError(f"{folder}: {report['skipped']}")
         store_calibration(folder, pairs=calibrator, report=_without_plot(report))
     return report
 

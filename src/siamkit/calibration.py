@@ -369,10 +369,15 @@ def calibrate_run(
     plot_path: str | Path | None = None,
     seed: int = 0,
     title: str = "Reliability on unseen test classes",
-) -> tuple[Calibrator, dict[str, Any]]:
+) -> tuple[Calibrator | None, dict[str, Any]]:
     """Fit on the validation (scores, labels), report before/after on the test (scores, labels)
-    and, when ``plot_path`` is given, save the test reliability diagram there."""
-    calibrator = fit_calibrator(*val, seed=seed)
+    and, when ``plot_path`` is given, save the test reliability diagram there. Too few validation
+    pairs to fit a map leave the model uncalibrated (``None``) with the reason in the report, so
+    a small run still trains and saves."""
+    try:
+        calibrator = fit_calibrator(*val, seed=seed)
+    except DataError as error:
+        return None, {"skipped": str(error)}
     report = calibration_report(calibrator, *test, head)
     if plot_path is not None:
         s, y = _arrays(*test)

@@ -40,6 +40,7 @@ from siamkit.recipe import (
     build_recipe_loss,
     default_preprocess,
     keep_weights,
+    start_run_folder,
 )
 from siamkit.recipe_schema import TrainRecipe
 from siamkit.siamese import SiameseNetwork
@@ -61,9 +62,7 @@ def run_ensemble_recipe(
     settings = recipe.ensemble
     if settings is None:
         raise ValueError("run_ensemble_recipe needs a recipe with an ensemble block")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    out_dir = start_run_folder(recipe, out_dir)
     splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
     known = known_class_splits(
         merge([getattr(splits, name) for name in settings.splits]),

@@ -130,6 +130,16 @@ def default_preprocess(splits: Splits) -> ComponentSpec | None:
     return None
 
 
+def start_run_folder(recipe: TrainRecipe, out_dir: str | Path) -> Path:
+    """Create the run folder and record the recipe in it (``recipe.json``; rank 0 only under
+    torchrun); every recipe runner starts with this."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    return out_dir
+
+
 def run_recipe(
     recipe: TrainRecipe,
     out_dir: str | Path,
@@ -153,10 +163,7 @@ def run_recipe(
         from siamkit.ensemble_recipe import run_ensemble_recipe
 
         return run_ensemble_recipe(recipe, out_dir, resume, data_dir, show_progress, callbacks)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    out_dir = start_run_folder(recipe, out_dir)
     splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
     splits.train.require_nonempty("the training split")
     splits.val.require_nonempty("the validation split (needed to choose the threshold)")
@@ -209,7 +216,7 @@ def run_recipe(
         out_dir / "model", network, recipe.encoder, head_spec, default_preprocess(splits),
         threshold, extra={"recipe": recipe.model_dump(mode="json"), "test": test,
                           "seen_classes": recorded_classes(splits),
-                          "calibration": calibrator.to_json()},
+                          "calibration": calibrator and calibrator.to_json()},
     )  # fmt: skip
     result = RecipeResult(model_dir, history, threshold, test, fewshot, plots,
                           calibration=calibration)  # fmt: skip

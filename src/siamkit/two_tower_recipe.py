@@ -34,7 +34,13 @@ from siamkit.evaluation.verification import choose_threshold, verification_repor
 from siamkit.heads import HEADS
 from siamkit.losses import build_loss
 from siamkit.model import save_model
-from siamkit.recipe import RecipeResult, default_preprocess, keep_weights, result_summary
+from siamkit.recipe import (
+    RecipeResult,
+    default_preprocess,
+    keep_weights,
+    result_summary,
+    start_run_folder,
+)
 from siamkit.recipe_schema import TrainRecipe
 from siamkit.training import EpochCallback, fit
 from siamkit.two_tower import MatchedPairBatches, TwoTowerNetwork, class_name_pairs
@@ -117,9 +123,7 @@ def run_two_tower_recipe(
     callbacks: Sequence[EpochCallback] = (),
 ) -> RecipeResult:
     """Train, calibrate, evaluate and save a two-tower model as the recipe says."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    out_dir = start_run_folder(recipe, out_dir)
     splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
     for part, what in (
         (splits.train, "training"),

@@ -38,7 +38,7 @@ from siamkit.evaluation.verification import choose_threshold
 from siamkit.heads import CosineHead
 from siamkit.losses import build_loss
 from siamkit.model import save_model
-from siamkit.recipe import RecipeResult, keep_weights, other_rank_result
+from siamkit.recipe import RecipeResult, keep_weights, other_rank_result, start_run_folder
 from siamkit.recipe_schema import SentencePairData, TrainRecipe
 from siamkit.registry import ComponentSpec
 from siamkit.siamese import SiameseNetwork
@@ -149,10 +149,7 @@ def run_text_recipe(
 ) -> RecipeResult:
     """Train, calibrate, evaluate on the test split and save the model under ``out_dir``
     (what :func:`siamkit.recipe.run_recipe` does for a sentence-pair recipe)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        atomic_write_text(out_dir / "recipe.json", recipe.model_dump_json(indent=2))
+    out_dir = start_run_folder(recipe, out_dir)
     splits, all_splits = read_pair_splits(recipe, data_dir)
     torch.manual_seed(recipe.seed)
     network = SiameseNetwork(
@@ -187,7 +184,7 @@ def run_text_recipe(
     model_dir = save_model(
         out_dir / "model", network, recipe.encoder, {"name": "cosine"}, None, threshold,
         extra={"task": "text", "recipe": recipe.model_dump(mode="json"), "test": test,
-               "calibration": calibrator.to_json()},
+               "calibration": calibrator and calibrator.to_json()},
     )  # fmt: skip
     result = RecipeResult(model_dir, history, threshold, test, train_seconds=train_seconds,
                           calibration=calibration)  # fmt: skip
