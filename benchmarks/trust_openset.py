@@ -120,21 +120,27 @@ def fold_row(name: str, fold: int, quick: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"recipe": name, "fold": fold, "test_probes": len(y)}
     pair = crossfit["sizes"][0]
     for method, calibration in (("crossfit", crossfit), ("validation", on_val)):
-        sized = threshold_for_size(calibration, GALLERY)
-        row[method] = {
-            "threshold": sized["cosine"],
-            "trials": sized["trials"],
-            "people": calibration["people"],
-            "far_interval": [sized["far_low"], sized["far_high"]],
-            "extrapolated": sized["extrapolated"],
-            "warning": sized["warning"],
-            **measured(x, y, sized["cosine"], seed),
-        }
+        row[method] = sized_row(calibration, x, y, seed)
     row["pair"] = {"threshold": pair["cosine"], **measured(x, y, pair["cosine"], seed)}
     row["epochs"] = epochs or "recipe"
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(row, indent=1))
     return row
+
+
+def sized_row(calibration: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+    """A calibration's threshold at the benchmark's gallery size, its FAR interval and warning,
+    and what it lets in and identifies on the test embeddings ``x`` of people ``y``."""
+    sized = threshold_for_size(calibration, GALLERY)
+    return {
+        "threshold": sized["cosine"],
+        "trials": sized["trials"],
+        "people": calibration["people"],
+        "far_interval": [sized["far_low"], sized["far_high"]],
+        "extrapolated": sized["extrapolated"],
+        "warning": sized["warning"],
+        **measured(x, y, sized["cosine"], seed),
+    }
 
 
 _EMBEDDED: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -157,16 +163,7 @@ def zero_shot_row(name: str, config: Path, fold: int) -> dict[str, Any]:
     row: dict[str, Any] = {"recipe": name, "fold": fold, "test_probes": int(test.sum())}
     for method, mask in (("crossfit", unseen), ("validation", val)):
         calibration = calibrate_groups([(x[mask], y[mask])], FAR)
-        sized = threshold_for_size(calibration, GALLERY)
-        row[method] = {
-            "threshold": sized["cosine"],
-            "trials": sized["trials"],
-            "people": calibration["people"],
-            "far_interval": [sized["far_low"], sized["far_high"]],
-            "extrapolated": sized["extrapolated"],
-            "warning": sized["warning"],
-            **measured(x[test], y[test], sized["cosine"], recipe.seed),
-        }
+        row[method] = sized_row(calibration, x[test], y[test], recipe.seed)
         if method == "crossfit":
             pair = calibration["cosine"]
     row["pair"] = {"threshold": pair, **measured(x[test], y[test], pair, recipe.seed)}

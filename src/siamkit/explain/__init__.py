@@ -53,6 +53,13 @@ __all__ = [
 ]
 
 
+def decision_at(score: float, threshold: float | None) -> str | None:
+    """ "same" when ``score`` reaches ``threshold``, else "different"; None without one."""
+    if threshold is None:
+        return None
+    return "same" if score >= threshold else "different"
+
+
 @dataclass
 class PairExplanation:
     """Attribution maps (H, W) of an image pair's score: ``maps[0]`` for A with B fixed,
@@ -69,9 +76,7 @@ class PairExplanation:
     @property
     def decision(self) -> str | None:
         """ "same" or "different" at the threshold; None without one."""
-        if self.threshold is None:
-            return None
-        return "same" if self.score >= self.threshold else "different"
+        return decision_at(self.score, self.threshold)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able record (no maps)."""
@@ -98,9 +103,7 @@ class TextExplanation:
     @property
     def decision(self) -> str | None:
         """ "same" or "different" at the threshold; None without one."""
-        if self.threshold is None:
-            return None
-        return "same" if self.score >= self.threshold else "different"
+        return decision_at(self.score, self.threshold)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able record with every token's attribution."""
