@@ -54,9 +54,10 @@ def read_junit(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_config(
-    tree: Path, paths: list[str], seed: int, threads: int, keyword: str | None
+    tree: Path, paths: list[str], seed: int, threads: int, keyword: str | None, marker: str
 ) -> dict[str, Any]:
-    """Run the tests once with this seed and thread count; their outcomes, figures and times."""
+    """Run the tests once with this seed and thread count; their outcomes, figures and times
+    (``marker`` "": every test, as ``make test`` runs them)."""
     with tempfile.TemporaryDirectory(prefix="spread-") as tmp:
         figures, junit = Path(tmp) / "figures.json", Path(tmp) / "junit.xml"
         env = os.environ | {
@@ -68,8 +69,10 @@ def run_config(
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
-                   "acceptance", f"--junitxml={junit}", *paths]  # fmt: skip
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   f"--junitxml={junit}", *paths]  # fmt: skip
+        if marker:
+            command += ["-m", marker]
         if keyword:
             command += ["-k", keyword]
         console.print(f"[bold]{config_key(seed, threads)}[/]: {' '.join(command)}")
@@ -379,7 +382,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "computed per run from that run's calibration, so its range is shown. Margin: distance "
         "of the worst run from the bound, on the passing side (negative = a run is outside).\n\n"
         + markdown_table(figure_rows(runs, payload.get("bounds")))
-        + "\n## Durations (seconds, same run order; 1-thread runs went two at a time)\n\n"
+        + "\n## Durations (seconds, same run order; "
+        + f"1-thread runs went {payload.get('parallel', 2)} at a time)\n\n"
         + markdown_table(duration_rows(runs))
         + "".join(f"\n- {note}" for note in payload.get("notes", []))
         + ("\n" if payload.get("notes") else "")
@@ -426,6 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         help="repository whose test files give the reported bounds",
     )
     parser.add_argument("-k", dest="keyword", help="pytest -k expression (a subset of tests)")
+    parser.add_argument(
+        "--marker",
+        default="acceptance",
+        help='pytest -m expression; "" runs every test, as make test does (with --paths tests)',
+    )
     parser.add_argument("--parallel", type=int, default=2, help="one-thread runs at a time")
     parser.add_argument("--redo", action="store_true", help="run stored configurations again")
     parser.add_argument("--report-only", action="store_true")
@@ -448,8 +457,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = args.results / f"{TOPIC}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    payload |= {"environment": environment(), "tree": str(args.tree),
-                "commit": commit_of(args.tree)}  # fmt: skip
+    payload |= {
+        "environment": environment(),
+        "tree": str(args.tree),
+        "commit": commit_of(args.tree),
+        "paths": args.paths,
+        "marker": args.marker,
+    }
+    if not args.report_only:
+        payload["parallel"] = args.parallel
     for other in args.merge:
         merged = json.loads(other.read_text())
         for key, run in merged.get("runs", {}).items():
@@ -469,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"{len(todo)} of {len(wanted)} configurations to run")
 
         def one(config: tuple[int, int]) -> None:
-            run = run_config(args.tree, args.paths, *config, args.keyword)
+            run = run_config(args.tree, args.paths, *config, args.keyword, args.marker)
             with LOCK:
                 payload["runs"][config_key(*config)] = run
                 save(path, payload)
