@@ -25,11 +25,13 @@ PREPROCESS = {"name": "image", "params": {"size": [28, 28], "mode": "L"}}
 RW, RO = "rw-secret-key", "ro-secret-key"
 
 
-def tiny_model(folder, threshold: float = 0.5):
+def tiny_model(folder, threshold: float = 0.5, extra: dict | None = None):
     """An untrained Conv-4 on 28x28 grey images, with a cosine head and a threshold."""
     torch.manual_seed(0)
     net = SiameseNetwork(build_encoder(ENCODER), HEADS.build(HEAD)).eval()
-    return siamkit.save_model(folder, net, ENCODER, HEAD, PREPROCESS, threshold=threshold)
+    return siamkit.save_model(
+        folder, net, ENCODER, HEAD, PREPROCESS, threshold=threshold, extra=extra
+    )
 
 
 def png(seed: int, size: tuple[int, int] = (32, 30)) -> bytes:
@@ -140,6 +142,37 @@ def test_enroll_identify_people_delete(client):
     gone = client.delete("/v1/people/bob")
     assert gone.status_code == 404 and "bob" in gone.json()["detail"]
     assert [p["name"] for p in client.get("/v1/people").json()["people"]] == ["ada"]
+
+
+def sized_row(size: int, cosine: float) -> dict:
+    """One row of a per-size open-set calibration table (siamkit.gallery.openset.size_table)."""
+    return {"size": size, "cosine": cosine, "far": 0.01, "accepted": 1, "trials": 1000,
+            "far_low": 0.0, "far_high": 0.005, "extrapolated": False, "supported": True}  # fmt: skip
+
+
+def test_identify_uses_the_threshold_for_the_gallery_size(tmp_path):
+    table = {"cosine": 0.9, "far": 0.01, "sizes": [sized_row(1, 0.9), sized_row(2, 1.01)]}
+    model = tiny_model(tmp_path / "sized", extra={"gallery_threshold": table})
+    with serve(model, tmp_path / "gallery") as client:
+        wait_ready(client)
+        client.headers["Authorization"] = f"Bearer {RW}"
+
+        def enroll(name: str, seed: int) -> None:
+            files = {"files": (f"{name}.png", png(seed))}
+            assert client.post("/v1/enroll", data={"name": name}, files=files).status_code == 200
+
+        def identify() -> dict:
+            return client.post("/v1/identify", files={"file": ("p.png", png(3))}).json()
+
+        enroll("bob", 3)
+        alone = identify()
+        assert (alone["identity"], alone["threshold"]) == ("bob", 0.9)
+        enroll("ada", 4)  # two people: the size-2 threshold, which nothing reaches here
+        crowd = identify()
+        assert (crowd["identity"], crowd["threshold"]) == (None, 1.01)
+        assert crowd["score"] == pytest.approx(1.0, abs=1e-5)
+        assert client.delete("/v1/people/ada").status_code == 200
+        assert identify()["threshold"] == 0.9
 
 
 def test_index_and_search(client):

@@ -24,10 +24,8 @@ import numpy as np
 from siamkit.checkpoint import atomic_write_text
 from siamkit.errors import CheckpointError, DataError
 from siamkit.gallery import unit_vectors
-from siamkit.gallery.openset import SIZES, probe_scores, size_table, support_warning
+from siamkit.gallery.openset import KEY, SIZES, probe_scores, size_table, support_warning
 from siamkit.model import CONFIG_FILE, load, read_config
-
-KEY = "gallery_threshold"
 
 
 def threshold_at_far(impostor_scores: Any, far: float = 0.01) -> float:

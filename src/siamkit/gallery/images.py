@@ -18,7 +18,7 @@ import numpy as np
 from rich.progress import Progress
 
 from siamkit.data.datasets import IMAGE_SUFFIXES
-from siamkit.errors import ConfigError, DataError
+from siamkit.errors import DataError
 from siamkit.gallery import Gallery, Identification, Match
 from siamkit.gallery.calibration import KEY
 from siamkit.model import Model
@@ -37,26 +37,14 @@ def sized_gallery_threshold(model: Model, gallery_size: int) -> dict | None:
 
 
 def cosine_threshold(model: Model, gallery_size: int | None = None) -> float | None:
-    """The gallery threshold the model folder holds (see
-    :func:`siamkit.gallery.calibration.calibrate_model`): for ``gallery_size`` enrolled people
-    when given and the folder has a per-size table, else its size-1 (pair) threshold; without a
-    calibration, the model's pair threshold as a cosine similarity; ``None`` if it has neither."""
-    calibrated = model.config.extra.get(KEY)
-    if calibrated is not None:
-        sized = None if gallery_size is None else sized_gallery_threshold(model, gallery_size)
-        return float(calibrated["cosine"] if sized is None else sized["cosine"])
-    t = model.threshold
-    if t is None:
-        return None
-    head = model.config.head.name
-    if head == "cosine":
-        return float(t)
-    if head == "euclidean" and model.config.encoder.params.get("normalize"):
-        return float(1 - t * t / 2)  # |a - b|^2 = 2 - 2 cos for unit vectors
-    raise ConfigError(
-        f"the model's threshold is on its {head!r} head's scale, which has no cosine equivalent; "
-        "pass a cosine threshold explicitly"
-    )
+    """The gallery threshold the model folder holds, for ``gallery_size`` enrolled people when
+    given (see :func:`siamkit.gallery.openset.gallery_cosine`)."""
+    from siamkit.gallery.openset import gallery_cosine
+
+    config = model.config
+    normalized = bool(config.encoder.params.get("normalize"))
+    calibration = config.extra.get(KEY)
+    return gallery_cosine(calibration, model.threshold, config.head.name, normalized, gallery_size)
 
 
 def embed_files(model: Model, files: Sequence[str | Path]) -> np.ndarray:

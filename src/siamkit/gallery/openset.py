@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.errors import DataError
+from siamkit.errors import ConfigError, DataError
 from siamkit.gallery import unit_vectors
+
+KEY = "gallery_threshold"  # where a model folder's config.extra keeps the calibration
 
 SIZES = (*range(1, 11), 12, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 SUPPORT_FACTOR = (
@@ -213,3 +215,36 @@ def threshold_for_size(calibration: dict[str, Any], size: int) -> dict[str, Any]
     w = (log(size) - log(lo["size"])) / (log(hi["size"]) - log(lo["size"]))
     hi["cosine"] = float(lo["cosine"] + w * (hi["cosine"] - lo["cosine"]))
     return hi | {"gallery_size": size, "interpolated": True, "warning": support_warning(hi)}
+
+
+def gallery_cosine(
+    calibration: dict[str, Any] | None,
+    pair_threshold: float | None,
+    head: str,
+    normalized: bool,
+    size: int | None = None,
+) -> float | None:
+    """The cosine below which a probe is "unknown", from what a model folder's config holds.
+
+    ``calibration`` is the stored gallery calibration (``config.extra[KEY]``,
+    see :func:`siamkit.gallery.calibration.calibrate_model`): its threshold for a gallery of
+    ``size`` people when given and the calibration has a per-size table
+    (:func:`threshold_for_size`), else its size-1 (pair) threshold. Without one, the model's
+    ``pair_threshold`` as a cosine: a cosine head's as it is, a euclidean head's on L2-normalised
+    embeddings (``normalized``) turned from ``-d`` to ``1 - d^2 / 2``; ``None`` without a
+    threshold. Raises :class:`ConfigError` for
+    a head whose scale has no cosine equivalent."""
+    if calibration is not None:
+        if size is not None and calibration.get("sizes"):
+            return float(threshold_for_size(calibration, size)["cosine"])
+        return float(calibration["cosine"])
+    if pair_threshold is None:
+        return None
+    if head == "cosine":
+        return float(pair_threshold)
+    if head == "euclidean" and normalized:
+        return float(1 - pair_threshold**2 / 2)  # |a - b|^2 = 2 - 2 cos for unit vectors
+    raise ConfigError(
+        f"the model's threshold is on its {head!r} head's scale, which has no cosine equivalent; "
+        "pass a cosine threshold explicitly"
+    )

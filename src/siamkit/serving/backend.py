@@ -41,11 +41,15 @@ class ModelBackend(Protocol):
     name: str  # shown by /ready
     kind: Kind
     max_pixels: int
-    gallery_threshold: float | None  # cosine threshold of /v1/identify ("unknown" below it)
 
     @property
     def threshold(self) -> float | None:
         """The pair threshold (``score >= threshold`` is "same"), None if never calibrated."""
+        ...
+
+    def gallery_threshold(self, size: int) -> float | None:
+        """The cosine threshold of /v1/identify ("unknown" below it) for a gallery of ``size``
+        enrolled people: the open-set rate asked at calibration holds per probe at that size."""
         ...
 
     def prepare(self, blobs: Sequence[tuple[str, bytes]]) -> list[Any]:

@@ -29,6 +29,8 @@ class GalleryService:
         self.executor: ThreadPoolExecutor | None = None
         self.gallery: Gallery | None = None
         self.size = 0  # templates stored, as of the last call (for the metrics)
+        self._counted_at: tuple[int | None, int] | None = None  # state of the last people count
+        self._people = 0
 
     async def _call(self, work: Callable[[Gallery], T]) -> T:
         def run() -> T:
@@ -69,9 +71,25 @@ class GalleryService:
         ids = await self._call(lambda g: g.enroll(name, embeddings, sources=sources))
         return len(ids)
 
-    async def identify(self, embedding: np.ndarray, k: int, threshold: float | None) -> Any:
-        """The :class:`~siamkit.gallery.Identification` of one probe."""
-        return (await self._call(lambda g: g.identify(embedding, k=k, threshold=threshold)))[0]
+    async def identify(
+        self, embedding: np.ndarray, k: int, threshold_at: Callable[[int], float | None]
+    ) -> tuple[Any, float | None]:
+        """The :class:`~siamkit.gallery.Identification` of one probe and the threshold used:
+        ``threshold_at(people)`` for the number of people enrolled at that moment."""
+
+        def work(g: Gallery) -> tuple[Any, float | None]:
+            threshold = threshold_at(self._people_count(g))
+            return g.identify(embedding, k=k, threshold=threshold)[0], threshold
+
+        return await self._call(work)
+
+    def _people_count(self, g: Gallery) -> int:
+        """Enrolled identities, counted again only when the gallery's state moved (its store's
+        generation where it has one, else its number of stored vectors)."""
+        state = (getattr(g.store, "generation", None), len(g))
+        if state != self._counted_at:
+            self._counted_at, self._people = state, len(g.identities())
+        return self._people
 
     async def people(self) -> dict[str, int]:
         """Enrolled names and their template counts."""

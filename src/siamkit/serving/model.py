@@ -78,10 +78,6 @@ class ServedModel:
                 f"model {name}: siamkit serve serves image and text models, not "
                 f"{type(model.preprocess).__name__} inputs"
             )
-        try:
-            self.gallery_threshold = cosine_threshold(model)
-        except ConfigError:
-            self.gallery_threshold = None
 
     @classmethod
     def load(cls, folder: str | Path, max_pixels: int, threads: int | None = None) -> ServedModel:
@@ -94,6 +90,14 @@ class ServedModel:
     def threshold(self) -> float | None:
         """The model's pair threshold (``score >= threshold`` is "same")."""
         return self.model.threshold
+
+    def gallery_threshold(self, size: int) -> float | None:
+        """The cosine threshold of /v1/identify for a gallery of ``size`` people (the model
+        folder's per-size calibration; ``None``: a head without a cosine scale, or no threshold)."""
+        try:
+            return cosine_threshold(self.model, size)
+        except ConfigError:
+            return None
 
     def prepare(self, blobs: Sequence[tuple[str, bytes]]) -> list[Tensor]:
         """Encoded images -> preprocessed (C, H, W) tensors (runs on a worker thread)."""

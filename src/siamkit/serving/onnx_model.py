@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from siamkit.errors import ConfigError
+from siamkit.gallery.openset import KEY, gallery_cosine
 from siamkit.imaging import open_image
 from siamkit.runtime.heads import reference_aggregates, saved_reference_threshold
 from siamkit.runtime.model import OnnxModel, load_onnx
@@ -31,26 +32,6 @@ from siamkit.serving.backend import (
 )
 
 TEXT_CHUNK = 32  # texts per run, as the torch back-end's
-GALLERY_KEY = "gallery_threshold"  # siamkit.gallery.calibration.KEY
-
-
-def cosine_threshold(config: Any) -> float | None:
-    """The gallery (cosine) threshold of an exported model's config, as
-    :func:`siamkit.gallery.images.cosine_threshold` finds it for a model folder: the calibrated
-    one, else the pair threshold of a cosine head, or of a euclidean head on unit vectors; else
-    ``None`` (identify then names the best candidate without an "unknown")."""
-    calibrated = config.extra.get(GALLERY_KEY)
-    if calibrated is not None:
-        return float(calibrated["cosine"])
-    t = config.threshold
-    if t is None:
-        return None
-    head = config.head.get("name")
-    if head == "cosine":
-        return float(t)
-    if head == "euclidean" and config.encoder.get("params", {}).get("normalize"):
-        return float(1 - t * t / 2)  # |a - b|^2 = 2 - 2 cos for unit vectors
-    return None
 
 
 class OnnxServedModel:
@@ -69,7 +50,6 @@ class OnnxServedModel:
             raise ConfigError(
                 f"model {name}: siamkit serve serves image and text models, not {what} inputs"
             )
-        self.gallery_threshold = cosine_threshold(model.config)
 
     @classmethod
     def load(
@@ -82,6 +62,19 @@ class OnnxServedModel:
     def threshold(self) -> float | None:
         """The model's pair threshold (``score >= threshold`` is "same")."""
         return self.model.threshold
+
+    def gallery_threshold(self, size: int) -> float | None:
+        """The cosine threshold of /v1/identify for a gallery of ``size`` people, as the torch
+        back-end finds it (``None``: a head without a cosine scale, or no threshold)."""
+        config = self.model.config
+        normalized = bool(config.encoder.get("params", {}).get("normalize"))
+        calibration = config.extra.get(KEY)
+        try:
+            return gallery_cosine(
+                calibration, config.threshold, config.head.get("name"), normalized, size
+            )
+        except ConfigError:
+            return None
 
     def prepare(self, blobs: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
         """Encoded images -> preprocessed (C, H, W) arrays (runs on a worker thread)."""

@@ -273,9 +273,8 @@ async def identify(
     gallery = _gallery(server)
     _check_k(k, server)
     probe = await _probe(request, server)
-    threshold = server.model.gallery_threshold
     try:
-        found = await gallery.identify(probe, k, threshold)
+        found, threshold = await gallery.identify(probe, k, server.model.gallery_threshold)
     except GalleryError as error:
         raise HTTPException(409, " ".join(str(error).split())) from error
     if not found.candidates:  # only indexed items, no enrolled identity
