@@ -54,7 +54,16 @@ SEED = 0
 SCENARIOS = ("verify_batched", "verify_unbatched", "similarity_batched", "similarity_unbatched")
 FACES_MODEL = REPOSITORY / "runs" / "faces" / "model"
 TEXT_MODEL = REPOSITORY / "runs" / "serve-minilm" / "model"
-PACKAGES = ("numpy", "torch", "fastapi", "uvicorn", "httpx", "sentence-transformers")
+PACKAGES = (
+    "numpy",
+    "torch",
+    "fastapi",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "httpx",
+    "sentence-transformers",
+)
 TARGETS = {"rps": 300, "p99_ms": 50, "text_speedup": 2.0}
 
 
@@ -334,6 +343,39 @@ def mean_batch_size(metrics: str) -> float | None:
     return None
 
 
+# ------------------------------------------------------------------------------ ceiling
+
+
+def text_batching_ceiling(model: Path, threads: int | None, repeats: int = 3) -> dict:
+    """What micro-batching could gain at most on the text model, without HTTP: sentences/s of
+    the served model's forward pass (:meth:`ServedModel.run`) on 512 STS-B dev sentences sent
+    2 at a time (one unbatched request) and 32 at a time (16 batched requests), the median of
+    ``repeats`` passes each, in this process."""
+    import torch
+
+    from siamkit.data.text import read_stsb
+    from siamkit.serving.model import ServedModel
+
+    before = torch.get_num_threads()
+    served = ServedModel.load(model, max_pixels=1, threads=threads)
+    dev = read_stsb("dev")
+    texts = [t for pair in zip(dev.a, dev.b, strict=True) for t in pair][:512]
+    served.warm_up(32)
+    found = {}
+    for size in (2, 32):
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for i in range(0, len(texts), size):
+                served.run(texts[i : i + size])
+            rates.append(len(texts) / (time.perf_counter() - started))
+        found[f"sentences_per_s_batch{size}"] = round(float(np.median(rates)), 1)
+    torch.set_num_threads(before)
+    found["ceiling"] = round(found["sentences_per_s_batch32"] / found["sentences_per_s_batch2"], 2)
+    print(f"text forward pass without HTTP: {found}")
+    return found
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -352,8 +394,15 @@ def main() -> None:
         help="SIAMKIT_TORCH_THREADS for the server, one run of every scenario per value "
         "('default': the server's own); the first value gives the headline figures",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-ceiling", action="store_true",
+        help="skip the text model's forward pass without HTTP at 2 and 32 sentences a batch",
+    )  # fmt: skip
     args = parser.parse_args()
 
+    ceiling = None
+    if not args.no_ceiling and any(s.startswith("similarity") for s in args.scenarios):
+        ceiling = text_batching_ceiling(ensure_text_model(args.text_model), args.torch_threads[0])
     rows = []
     for threads in args.torch_threads:
         for name in args.scenarios:
@@ -362,7 +411,7 @@ def main() -> None:
             else:
                 model, payloads = ensure_text_model(args.text_model), text_payloads()
             rows.append(run_scenario(name, model, payloads, threads, args))
-    save(rows, args)
+    save(rows, args, ceiling)
 
 
 def thread_setting(value: str) -> int | None:
@@ -374,7 +423,7 @@ def thread_setting(value: str) -> int | None:
     return int(value)
 
 
-def save(rows: list[dict], args) -> None:
+def save(rows: list[dict], args, ceiling: dict | None) -> None:
     first = rows[0]["torch_threads"] if rows else None
     by_name = {row["scenario"]: row for row in rows if row["torch_threads"] == first}
     head = by_name.get("verify_batched", {})
@@ -399,6 +448,7 @@ def save(rows: list[dict], args) -> None:
         "rps_batched_text": text_on,
         "text_batching_speedup": speedup,
         "verify_cpu_bound_rps": head.get("cpu_bound_rps"),
+        "text_forward_without_http": ceiling,
         "torch_threads": first,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
@@ -428,6 +478,14 @@ def save(rows: list[dict], args) -> None:
         f"{args.concurrency * 20} requests/s.",
         f"Targets (headline: torch threads {first}): {targets}.",
     ]
+    if ceiling:
+        notes.insert(-1, (
+            "The text model's forward pass alone (no HTTP, same process, torch threads "
+            f"{first}): {ceiling['sentences_per_s_batch2']} sentences/s 2 at a time (one "
+            f"unbatched request), {ceiling['sentences_per_s_batch32']} sentences/s 32 at a time "
+            f"(16 batched requests): {ceiling['ceiling']}x, the most that micro-batching can "
+            "gain on this model and machine."
+        ))  # fmt: skip
     print(table, *notes, sep="\n")
     text = "# Serving load\n\n" + table + "\n" + "".join(f"{n}\n\n" for n in notes)
     text += "## Machine and run\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in env.items()) + "\n"
