@@ -81,6 +81,21 @@ def convert_face_api(
     console.print(f"face_resnet weights written to {convert(model_dir, out)}")
 
 
+@app.command("convert-resemblyzer")
+def convert_resemblyzer(
+    pretrained: Annotated[
+        Path, typer.Argument(help="Resemblyzer's pretrained.pt (from its PyPI wheel).")
+    ],
+    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+) -> None:
+    """Convert the Resemblyzer wheel's pre-trained GE2E speaker encoder (read with
+    weights_only=True) into a safetensors file for the ge2e_lstm encoder (a recipe's
+    init_weights)."""
+    from siamkit.encoders.speaker import convert_resemblyzer as convert
+
+    console.print(f"ge2e_lstm weights written to {convert(pretrained, out)}")
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder.")],
@@ -138,8 +153,13 @@ def verify(
     if threshold is not None:
         row["decision"] = "same" if score >= threshold else "different"
     k = row.get("references")
+    support = row.pop("support", None)  # what the validation writers support (signatures)
     row["probability"] = probability_text(loaded, score, k, row.get("aggregate", "mean"))
     print_table("verification", [row])
+    if support is not None:
+        console.print(describe_reference_support(support))
+        if support.get("warning"):
+            console.print(f"[yellow]warning:[/yellow] {support['warning']}")
 
 
 def probability_text(loaded: Any, score: float, k: int | None = None, aggregate: str = "mean"):
@@ -177,15 +197,32 @@ def reference_verification(
     loaded: Any, questioned: str, others: list[str], aggregate: str | None
 ) -> dict[str, Any]:
     """Score, threshold, aggregate and reference count of QUESTIONED against K references."""
-    from siamkit.evaluation.reference_set import saved_reference_threshold, score_against_references
+    from siamkit.evaluation.reference_set import (
+        saved_reference_support,
+        saved_reference_threshold,
+        score_against_references,
+    )
 
     aggregate = aggregate or loaded.config.extra.get("reference_aggregate", "mean")
     score = score_against_references(loaded, questioned, others)[aggregate]
     saved = saved_reference_threshold(loaded.config.extra, len(others), aggregate)
     threshold = saved if saved is not None else loaded.threshold
+    support = saved_reference_support(loaded.config.extra, len(others), aggregate)
     return {
         "score": score,
         "threshold": threshold,
         "aggregate": aggregate,
         "references": len(others),
+        **({} if saved is None or support is None else {"support": support}),
     }
+
+
+def describe_reference_support(row: dict[str, Any]) -> str:
+    """One line: the rule a reference threshold was chosen by and the FAR interval behind it."""
+    asked = "" if row.get("far") is None else f", {row['far']:.2%} asked"
+    return (
+        f"threshold chosen by {row['rule']} on {row['writers']} validation writers (K = "
+        f"{row['k']}, {row['aggregate']}): {row['accepted']} of {row['trials']} skilled "
+        f"forgeries accepted, a FAR of {row['far_low']:.2%}-{row['far_high']:.2%} (95% "
+        f"interval{asked})"
+    )

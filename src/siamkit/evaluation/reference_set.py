@@ -25,8 +25,11 @@ from torch import Tensor
 
 from siamkit.data.signatures import SignatureSet
 from siamkit.errors import DataError
-from siamkit.evaluation.verification import choose_threshold, verification_report
-from siamkit.saved_thresholds import saved_reference_threshold  # noqa: F401  (re-exported)
+from siamkit.evaluation.verification import choose_threshold, rates_at, verification_report
+from siamkit.saved_thresholds import (  # noqa: F401  (saved_reference_threshold: re-exported)
+    saved_reference_support,
+    saved_reference_threshold,
+)
 
 AGGREGATES = ("mean", "max", "centroid")
 NORMALISATIONS = ("none", "spread")
@@ -219,3 +222,109 @@ def reference_report(
             report = verification_report(values[mask], trials.labels[mask], threshold)
             rows.append({"aggregate": name, "forgery": kind, **report})
     return rows
+
+
+def threshold_support(
+    values: np.ndarray, trials: ReferenceTrials, threshold: float, rule: str, k: int, aggregate: str
+) -> dict[str, Any]:
+    """What validation trials support for one aggregate's threshold chosen by ``rule``.
+
+    The trials are the validation writers' skilled forgeries, each counted once (a forgery is
+    questioned against several reference draws: its acceptance is averaged over them, as the
+    open-set gallery counts a stranger probe once over its galleries). Returns ``rule``, ``k``,
+    ``aggregate``, ``threshold``, ``writers``, ``trials`` (forgeries), ``accepted``,
+    ``far_measured`` (the share of forgery trials accepted) and ``far_low``-``far_high``, the
+    Clopper-Pearson 95% interval of the FAR; with a ``far<=X`` rule ``far`` (= X) and
+    ``supported`` (the gallery's criterion, :func:`siamkit.gallery.calibration.far_support`),
+    else ``None`` for both; and ``warning``, a sentence when the trials cannot support X.
+    """
+    from siamkit.gallery.calibration import far_interval, far_support
+
+    skilled = trials.kinds == "skilled"
+    if not skilled.any():
+        raise DataError("threshold support: the validation trials hold no skilled forgeries")
+    accept = np.asarray(values, dtype=np.float64)[skilled] >= threshold  # as choose_threshold
+    forgeries, which = np.unique(trials.questioned[skilled], return_inverse=True)
+    shares = np.bincount(which, weights=accept) / np.bincount(which)
+    accepted, n = int(round(float(shares.sum()))), len(forgeries)
+    row: dict[str, Any] = {
+        "rule": rule, "k": k, "aggregate": aggregate, "threshold": float(threshold),
+        "writers": len(np.unique(trials.writers[skilled])), "far_measured": float(accept.mean()),
+    }  # fmt: skip
+    kind, _, target = rule.partition("<=")
+    if kind == "far":
+        row |= far_support(accepted, n, float(target))
+    else:
+        low, high = far_interval(accepted, n)
+        row |= {"far": None, "accepted": accepted, "trials": n, "far_low": low, "far_high": high}
+        row["supported"] = None
+    row["warning"] = support_warning(row)
+    return row
+
+
+def support_warning(row: dict[str, Any]) -> str | None:
+    """A sentence when a ``far<=X`` threshold's validation trials cannot support X."""
+    from siamkit.gallery.calibration import least_supported_far
+
+    if row.get("supported") is not False:
+        return None
+    return (
+        f"{row['trials']} skilled forgeries of {row['writers']} validation writers support a FAR "
+        f"of {row['far_low']:.2%}-{row['far_high']:.2%} with K = {row['k']} ({row['aggregate']}), "
+        f"not the {row['far']:.2%} asked: calibrate on more writers or ask for about "
+        f"{least_supported_far(row['trials']):.1%} or more"
+    )
+
+
+def far_promise(
+    support: dict[str, Any], values: np.ndarray, trials: ReferenceTrials
+) -> dict[str, Any]:
+    """Does a threshold's promise hold on other writers? ``support`` (a
+    :func:`threshold_support` row from validation writers) plus the FAR measured at its
+    threshold on the skilled forgeries of ``trials`` (e.g. the test writers, scored ``values``
+    by the same aggregate): ``test_trials`` (forgeries), ``test_far``, ``test_frr`` (genuine
+    trials rejected), ``within_asked`` (``test_far <= far``, ``None`` without a far rule) and
+    ``within_interval`` (``test_far <= far_high``)."""
+    mask = trials.of_kind("skilled")
+    rates = rates_at(values[mask], trials.labels[mask], support["threshold"])
+    test_far, asked = rates["far"], support.get("far")
+    return {
+        **{key: value for key, value in support.items() if key != "warning"},
+        "test_trials": len(np.unique(trials.questioned[trials.kinds == "skilled"])),
+        "test_far": test_far, "test_frr": rates["frr"],
+        "within_asked": None if asked is None else test_far <= asked,
+        "within_interval": test_far <= support["far_high"],
+    }  # fmt: skip
+
+
+def with_saved_support(rows: list[dict[str, Any]], extra: dict[str, Any]) -> list[str]:
+    """Add ``val_far`` to report ``rows`` (dicts with ``k``, ``aggregate``, ``forgery``, ``far``,
+    ``threshold``) decided at thresholds a model folder saved: the FAR interval its validation
+    writers' skilled forgeries support (``""`` on random-forgery rows and rows at another
+    threshold). Returns notes: the rule and rate asked, each warning saved, and each row whose
+    FAR here is above the interval. Rows of a folder saved without the table stay as they are."""
+    found = [(row, saved_reference_support(extra, row["k"], row["aggregate"])) for row in rows]
+    found = [
+        (r, s if s is not None and s["threshold"] == r["threshold"] else None) for r, s in found
+    ]
+    if all(s is None for _, s in found):
+        return []
+    notes, asked = [], {s["rule"] for _, s in found if s is not None}
+    for row, support in found:
+        row["val_far"] = ""
+        if support is None or row["forgery"] != "skilled":
+            continue
+        at_k = "" if support["k"] == row["k"] else f" (K={support['k']})"
+        row["val_far"] = f"{support['far_low']:.1%}-{support['far_high']:.1%}{at_k}"
+        if support.get("warning") and f"warning: {support['warning']}" not in notes:
+            notes.append(f"warning: {support['warning']}")
+        if row["far"] > support["far_high"]:
+            notes.append(
+                f"K = {row['k']} {row['aggregate']}: skilled FAR {row['far']:.1%} here is above "
+                f"the validation interval {row['val_far']}: the promise does not hold here"
+            )
+    head = (
+        f"thresholds chosen by {', '.join(sorted(asked))} on the validation writers; val_far: the "
+        "95% FAR interval their skilled forgeries support; far: measured on these writers"
+    )
+    return [head, *notes]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +41,16 @@ from siamkit.evaluation.reference_set import (
     reference_report,
     reference_trials,
     saved_reference_threshold,
+    threshold_support,
     trial_scores,
+    with_saved_support,
 )
 from siamkit.evaluation.seen_classes import Nouns, seen_classes, select_unseen
 from siamkit.evaluation.tasks import Report, register_evaluator
 from siamkit.evaluation.verification import equal_error_rate
 from siamkit.model import save_model
 from siamkit.registry import ComponentSpec
+from siamkit.saved_thresholds import SUPPORT_KEY
 from siamkit.siamese import SiameseNetwork
 from siamkit.training import History, fit
 
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
 KS = (1, 3, 5)
 WRITERS = Nouns("writer", "writers")
 Thresholds = dict[int, dict[str, float]]  # K -> aggregate -> threshold
+Support = dict[int, dict[str, dict[str, Any]]]  # K -> aggregate -> threshold_support row
 
 
 @dataclass
@@ -225,10 +229,33 @@ def calibrate(
     ks: Sequence[int] = KS,
     seed: int = 0,
     normalisation: str = "none",
+    rule: str = "eer",
 ) -> Thresholds:
-    """Per-K, per-aggregate thresholds at the skilled-forgery EER of the validation writers."""
+    """Per-K, per-aggregate thresholds chosen by ``rule`` (default: at the skilled-forgery EER)
+    on the validation writers; :func:`thresholds_by_rule` also says what they support."""
     scored = embedded.scores(val_writers, ks, seed, normalisation=normalisation)
-    return {k: choose_reference_thresholds(s, t) for k, (t, s) in scored.items()}
+    return thresholds_by_rule(scored, rule)[0]
+
+
+def thresholds_by_rule(
+    scored: dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]], rule: str = "eer"
+) -> tuple[Thresholds, Support]:
+    """Per-K, per-aggregate thresholds chosen by ``rule`` (``eer``, ``accuracy``, ``far<=X``,
+    ``frr<=X``; see :func:`siamkit.evaluation.verification.choose_threshold`) on genuine vs
+    skilled-forgery trials of validation writers (``scored`` as
+    :meth:`EmbeddedSignatures.scores` returns), and what those trials support for each
+    (:func:`~siamkit.evaluation.reference_set.threshold_support`: the FAR interval, and for a
+    ``far<=X`` rule whether X is supported)."""
+    if rule == "f1":
+        raise DataError("threshold rule 'f1' applies to sentence pairs, not to signatures")
+    thresholds, support = {}, {}
+    for k, (trials, scores) in scored.items():
+        thresholds[k] = choose_reference_thresholds(scores, trials, rule)
+        support[k] = {
+            a: threshold_support(values, trials, thresholds[k][a], rule, k, a)
+            for a, values in scores.items()
+        }
+    return thresholds, support
 
 
 def evaluate_writers(
@@ -260,6 +287,8 @@ class FoldEvaluation:
     val_eer: dict[str, float]
     rows: list[dict[str, Any]]
     scored: dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]]
+    rule: str = "eer"
+    support: Support = field(default_factory=dict)  # what the validation trials support
 
     @property
     def aggregate(self) -> str:
@@ -274,18 +303,23 @@ def evaluate_fold(
     split: WriterSplit,
     test_ks: Sequence[int] = KS,
     seed: int = 0,
+    rule: str = "eer",
 ) -> FoldEvaluation:
     """Embed the fold's validation and test writers once; choose the score normalisation and
-    calibrate thresholds for every K on the validation writers; score the test writers."""
+    the thresholds for every K (by ``rule``, the recipe's ``evaluation.threshold_rule``) on the
+    validation writers; score the test writers."""
     embedded = EmbeddedSignatures.of(network, images, data, [*split.val, *split.test])
     normalisation, normalisation_eers = choose_normalisation(embedded, split.val)
-    thresholds = calibrate(embedded, split.val, KS, seed, normalisation)
+    val_scored = embedded.scores(split.val, KS, seed, normalisation=normalisation)
+    thresholds, support = thresholds_by_rule(val_scored, rule)
     val_rows, _ = evaluate_writers(embedded, split.val, None, (5,), normalisation=normalisation)
     rows, scored = evaluate_writers(
         embedded, split.test, thresholds, test_ks, normalisation=normalisation
     )
     val_eer = {r["aggregate"]: r["eer"] for r in val_rows if r["forgery"] == "skilled"}
-    return FoldEvaluation(normalisation, normalisation_eers, thresholds, val_eer, rows, scored)
+    return FoldEvaluation(
+        normalisation, normalisation_eers, thresholds, val_eer, rows, scored, rule, support
+    )
 
 
 def save_signature_model(
@@ -296,12 +330,14 @@ def save_signature_model(
     split: WriterSplit,
     normalisation: str = "none",
     aggregate: str = "mean",
+    support: Support | None = None,
 ) -> Path:
     """Save the fold's model with its SigNet preprocessing, the per-aggregate reference
     thresholds (K = 5, or the largest K) that ``siamkit verify --references`` applies, the
     thresholds for every K, the score normalisation they were chosen with, the aggregate
     ``verify`` uses by default, and the writer split (so ``siamkit eval`` tests unseen
-    writers)."""
+    writers). ``support`` (:attr:`FoldEvaluation.support`) is stored beside the thresholds as
+    ``reference_threshold_support_by_k``, with its ``reference_threshold_rule``."""
     if aggregate not in AGGREGATES:
         raise DataError(f"reference aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     k_main = 5 if 5 in thresholds else max(thresholds)
@@ -315,6 +351,9 @@ def save_signature_model(
         "writers": {"train": split.train, "val": split.val, "test": split.test},
         "recipe": recipe.model_dump(mode="json"),
     }
+    if support:
+        extra[SUPPORT_KEY] = {str(k): rows for k, rows in support.items()}
+        extra["reference_threshold_rule"] = next(iter(support[k_main].values()))["rule"]
     pair_threshold = thresholds[1]["mean"] if 1 in thresholds else None
     return save_model(
         folder, fold.network, recipe.encoder, fold.head_spec, preprocess_of(recipe).spec,
@@ -364,6 +403,7 @@ def evaluate_signature_tree(model: Model, root: Path) -> Report:
     keep = ("k", "aggregate", "forgery", "eer", "accuracy", "far", "frr", "auc", "threshold")
     table = [{key: row[key] for key in keep} for row in rows]
     notes = [*chosen.notes, f"decisions at {source}; score normalisation: {normalisation}"]
+    notes += with_saved_support(table, model.config.extra)  # what validation supports
     if not data.forged.any():
         notes.append(f"no skilled forgeries in {root}/forged/: random forgeries only")
     return Report(f"signature verification on {root.name}", table, notes)

@@ -24,7 +24,14 @@ import numpy as np
 from siamkit.checkpoint import atomic_write_text
 from siamkit.errors import CheckpointError, DataError
 from siamkit.gallery import unit_vectors
-from siamkit.gallery.openset import KEY, SIZES, probe_scores, size_table, support_warning
+from siamkit.gallery.openset import (
+    KEY,
+    SIZES,
+    SUPPORT_FACTOR,
+    probe_scores,
+    size_table,
+    support_warning,
+)
 from siamkit.model import CONFIG_FILE, load, read_config
 
 
@@ -59,6 +66,24 @@ def far_interval(accepted: int, trials: int, confidence: float = 0.95) -> tuple[
     low = 0.0 if accepted == 0 else float(beta.ppf(tail, accepted, trials - accepted + 1))
     high = 1.0 if accepted == trials else float(beta.ppf(1 - tail, accepted + 1, trials - accepted))
     return low, high
+
+
+def far_support(accepted: int, trials: int, far: float) -> dict[str, Any]:
+    """What ``accepted`` false accepts in ``trials`` impostor trials support for the rate
+    ``far`` asked: ``{"far", "accepted", "trials", "far_low", "far_high", "supported"}``, the
+    Clopper-Pearson 95% interval (:func:`far_interval`) and whether its upper end stays within
+    :data:`~siamkit.gallery.openset.SUPPORT_FACTOR` times ``far`` (the criterion of the open-set
+    gallery thresholds and of the signature thresholds per K)."""
+    low, high = far_interval(accepted, trials)
+    return {
+        "far": far, "accepted": accepted, "trials": trials, "far_low": low, "far_high": high,
+        "supported": high <= SUPPORT_FACTOR * far,
+    }  # fmt: skip
+
+
+def least_supported_far(trials: int) -> float:
+    """About the smallest rate ``trials`` impostor trials can support (a hint for warnings)."""
+    return SUPPORT_FACTOR / trials
 
 
 def probe_far(pair_far: float, enrolled: int) -> float:

@@ -151,15 +151,17 @@ class SizedThreshold:
 
 def sized_threshold(groups: Sequence[ProbeScores], far: float, size: int) -> SizedThreshold:
     """The threshold at ``far`` per stranger probe for a gallery of ``size``, with its interval."""
-    from siamkit.gallery.calibration import far_interval
+    from siamkit.gallery.calibration import far_support
 
     t = threshold_at_stranger_far(groups, far, size)
     trials = sum(g.probes for g in groups)
     accepted = int(round(stranger_far(groups, t, size) * trials))
-    low, high = far_interval(accepted, trials)
+    support = far_support(accepted, trials, far)
     extrapolated = size > min(g.others for g in groups)
-    supported = high <= SUPPORT_FACTOR * far
-    return SizedThreshold(size, t, far, accepted, trials, low, high, extrapolated, supported)
+    return SizedThreshold(
+        size, t, far, accepted, trials, support["far_low"], support["far_high"], extrapolated,
+        support["supported"],
+    )  # fmt: skip
 
 
 def size_table(
@@ -179,7 +181,9 @@ def support_warning(row: dict[str, Any]) -> str | None:
             "its threshold is extrapolated (independent comparisons at the pooled pair rate)"
         )
     if row["far_high"] > SUPPORT_FACTOR * row["far"]:
-        least = SUPPORT_FACTOR / row["trials"]
+        from siamkit.gallery.calibration import least_supported_far
+
+        least = least_supported_far(row["trials"])
         return (
             f"{row['trials']} stranger probes support a FAR of {row['far_low']:.2%}-"
             f"{row['far_high']:.2%} per probe at gallery size {row['size']}, not the "
