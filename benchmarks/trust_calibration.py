@@ -65,6 +65,7 @@ SIGNATURE_BATCHES = 24  # batches per epoch of the signature recipe here (the re
 TEXT_TRAIN_PAIRS = 1600  # the sentence-pair recipes fine-tune MiniLM on this many pairs here
 TARGET_ECE = 0.02
 TARGET_TASKS = ("faces", "signatures", "omniglot")
+SIGNATURE_FAR_RULES = ("far<=0.05", "far<=0.01")  # signature thresholds per K set by a target
 
 
 def recipe_for(task: str, quick: bool) -> Any:
@@ -147,12 +148,14 @@ def signature_task(quick: bool) -> dict[str, Any]:
     images = preprocess_of(recipe)(data.paths)
     out = RUNS / ("quick" if quick else "full") / "signatures"
     fold = train_fold(recipe, data, images, split, out, show_progress=False)
-    result = evaluate_fold(fold.network, images, data, split, seed=recipe.seed)
+    rule = recipe.evaluation.threshold_rule
+    result = evaluate_fold(fold.network, images, data, split, seed=recipe.seed, rule=rule)
     embedded = EmbeddedSignatures.of(fold.network, images, data, split.val)
     val = embedded.scores(split.val, (1, 3, 5), recipe.seed, normalisation=result.normalisation)
     maps = fit_reference_calibrators(val, seed=recipe.seed)
     folder = save_signature_model(out / "model", fold, recipe, result.thresholds, split,
-                                  result.normalisation, result.aggregate)  # fmt: skip
+                                  result.normalisation, result.aggregate,
+                                  result.support)  # fmt: skip
     store_calibration(folder, by_k=maps)
     head = fold.head_spec.name
     by_k = {}
@@ -170,8 +173,53 @@ def signature_task(quick: bool) -> dict[str, Any]:
     report = by_k[5][result.aggregate]
     report.update(plot=str(plot.relative_to(ROOT)), aggregate=result.aggregate,
                   normalisation=result.normalisation, epochs=recipe.training.epochs,
-                  by_k={str(k): v for k, v in by_k.items()})  # fmt: skip
+                  by_k={str(k): v for k, v in by_k.items()},
+                  far_targets=signature_far_targets(val, result.scored))  # fmt: skip
     return report
+
+
+def signature_far_targets(
+    val: dict[int, Any], test: dict[int, Any], rules: tuple[str, ...] = SIGNATURE_FAR_RULES
+) -> dict[str, list[dict[str, Any]]]:
+    """Per rule, K and aggregate: the threshold chosen on the validation writers' scores
+    (``val``), the FAR interval they support and the FAR measured at it on the test writers
+    (``test``; both as :meth:`EmbeddedSignatures.scores` returns): does the promise hold?"""
+    from siamkit.evaluation.reference_set import far_promise
+    from siamkit.evaluation.signature_eval import thresholds_by_rule
+
+    out = {}
+    for rule in rules:
+        _, support = thresholds_by_rule(val, rule)
+        out[rule] = [
+            far_promise(support[k][a], values, test[k][0])
+            for k in sorted(test) for a, values in test[k][1].items()
+        ]  # fmt: skip
+    return out
+
+
+def signature_far_markdown(targets: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The signature rows of :func:`signature_far_targets` as a Markdown section."""
+    if not targets:  # a report from before the FAR targets
+        return []
+    rows = [
+        {"rule": r["rule"], "K": r["k"], "aggregate": r["aggregate"],
+         "validation forgeries": r["trials"], "accepted": r["accepted"],
+         "validation FAR": f"{r['far_measured']:.2%}",
+         "95% interval": f"{r['far_low']:.2%}-{r['far_high']:.2%}",
+         "supported": "yes" if r["supported"] else "no",
+         "test FAR": f"{r['test_far']:.2%} ({r['test_trials']} forgeries)",
+         "test FRR": f"{r['test_frr']:.2%}",
+         "test FAR <= asked": "yes" if r["within_asked"] else "no",
+         "within interval": "yes" if r["within_interval"] else "no"}
+        for rows in targets.values() for r in rows
+    ]  # fmt: skip
+    return [
+        "", "Signature thresholds per K set by a FAR target on the validation writers (fold 0, "
+        "the same trained model), the Clopper-Pearson 95% interval they support (each skilled "
+        "forgery counted once, its acceptance averaged over its 5 reference draws and the sum "
+        "rounded) and the FAR measured on the test writers:", "",
+        markdown_table(rows),
+    ]  # fmt: skip
 
 
 def run(quick: bool) -> PartResult:
@@ -239,7 +287,8 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         "ECE (15 equal-width bins), Brier score and log-loss on the test classes; *before* reads "
         "the score naively as a probability (learned head: as is; cosine: (s+1)/2; euclidean: "
         "1 - distance/2, clipped), *after* applies the map fitted on the validation classes.",
-        "", markdown_table(rows), "", "Target ECE <= 0.02 after calibration:", *checks, "",
+        "", markdown_table(rows), "", "Target ECE <= 0.02 after calibration:", *checks,
+        *signature_far_markdown(reports.get("signatures", {}).get("far_targets", {})), "",
         "ECE of a perfectly calibrated map on these pairs (sampling noise: labels drawn 20 times "
         "from the calibrated probabilities):",
         *noise, "", "Models:", *sources, "", figures,
