@@ -10,6 +10,12 @@ is one second, longer than 99% of the FSDD recordings; longer recordings keep th
 The result is a float tensor (1, n_mels, frames): one channel, like a grey image, so 2-D
 encoders apply unchanged.
 
+Two settings serve pre-trained encoders fed other features: ``scale="power"`` keeps the mel
+power itself (no log; silence and padding are 0), and ``volume_dbfs`` first raises a quiet
+recording's RMS level to that many dB of full scale (never lowers it). The pre-trained GE2E
+speaker encoder (:mod:`siamkit.encoders.speaker`) reads ``sample_rate=16000, n_fft=400,
+hop_length=160, scale="power", volume_dbfs=-30``.
+
 Empty, silent-only, corrupt and non-WAV files raise :class:`DataError` naming the file. The
 :class:`AudioPreprocessor` is saved with a model (preprocessor ``audio``), so ``siamkit verify
 MODEL a.wav b.wav`` and ``siamkit.load(...).embed([...])`` read WAV files exactly as in training.
@@ -32,6 +38,7 @@ from siamkit.registry import ComponentSpec
 AUDIO_SUFFIXES = {".wav"}
 FLOOR = 1e-5  # power floor of the log: silence -> log(FLOOR), shifted to 0
 SILENCE = 1e-4  # peak amplitude (of full scale 1.0) below which a recording is silent
+SCALES = ("log", "power")
 
 
 def read_wav(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
@@ -70,6 +77,14 @@ def write_wav(path: str | Path, signal: np.ndarray, sample_rate: int) -> Path:
     return Path(path)
 
 
+def raise_volume(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
+    """``signal`` scaled up so that its RMS level is ``target_dbfs`` dB of full scale; a signal
+    already louder is returned unchanged."""
+    rms = float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
+    change = target_dbfs - 20 * np.log10(max(rms, 1e-12))
+    return signal if change <= 0 else (signal * 10 ** (change / 20)).astype(np.float32)
+
+
 class AudioPreprocessor:
     """WAV files (or mono float arrays at ``sample_rate``) -> log-mel batches (B, 1, n_mels,
     frames); see the module docstring for every step."""
@@ -83,7 +98,16 @@ class AudioPreprocessor:
         n_fft: int = 256,
         hop_length: int = 80,
         frames: int = 100,
+        scale: str = "log",
+        volume_dbfs: float | None = None,
     ) -> None:
+        if scale not in SCALES:
+            raise ConfigError(f"audio preprocessing: scale must be one of {SCALES}, got {scale!r}")
+        if volume_dbfs is not None and volume_dbfs >= 0:
+            raise ConfigError(
+                f"audio preprocessing: volume_dbfs must be below 0 (dB of full scale), got "
+                f"{volume_dbfs}"
+            )
         if min(sample_rate, n_mels, n_fft, hop_length, frames) < 1:
             raise ConfigError(
                 "audio preprocessing: sample_rate, n_mels, n_fft, hop_length and frames must be "
@@ -91,6 +115,7 @@ class AudioPreprocessor:
             )
         self.sample_rate, self.n_mels, self.n_fft = sample_rate, n_mels, n_fft
         self.hop_length, self.frames = hop_length, frames
+        self.scale, self.volume_dbfs = scale, volume_dbfs
         import librosa
 
         self._bank = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
@@ -101,15 +126,21 @@ class AudioPreprocessor:
         return ComponentSpec(name="audio", params=self.params)
 
     @property
-    def params(self) -> dict[str, int]:
-        """The settings, as keyword arguments of the constructor."""
-        return {
+    def params(self) -> dict[str, Any]:
+        """The settings, as keyword arguments of the constructor (``scale`` and ``volume_dbfs``
+        only when not the defaults, so older folders and caches keep their keys)."""
+        params: dict[str, Any] = {
             "sample_rate": self.sample_rate,
             "n_mels": self.n_mels,
             "n_fft": self.n_fft,
             "hop_length": self.hop_length,
             "frames": self.frames,
         }
+        if self.scale != "log":
+            params["scale"] = self.scale
+        if self.volume_dbfs is not None:
+            params["volume_dbfs"] = self.volume_dbfs
+        return params
 
     def accepts(self, source: Any) -> bool:
         """Whether ``source`` is an audio input (a ``.wav`` path or a 1-D array)."""
@@ -118,14 +149,19 @@ class AudioPreprocessor:
         return isinstance(source, np.ndarray | Tensor) and source.ndim == 1
 
     def log_mel(self, signal: np.ndarray) -> np.ndarray:
-        """Log-mel spectrogram (n_mels, T) of a mono signal, silence at 0 (not cropped)."""
+        """Log-mel spectrogram (n_mels, T) of a mono signal, silence at 0 (not cropped); the mel
+        power itself when ``scale`` is ``"power"``."""
         import librosa
 
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.size == 0:
             raise DataError(f"expected a non-empty mono signal, got shape {signal.shape}")
+        if self.volume_dbfs is not None:
+            signal = raise_volume(signal, self.volume_dbfs)
         power = np.abs(librosa.stft(signal, n_fft=self.n_fft, hop_length=self.hop_length)) ** 2
         mel = self._bank @ power
+        if self.scale == "power":
+            return mel.astype(np.float32)
         return ((np.log(mel + FLOOR) - np.log(FLOOR)) / 10).astype(np.float32)
 
     def fix_frames(self, features: np.ndarray) -> np.ndarray:
