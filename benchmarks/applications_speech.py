@@ -5,9 +5,15 @@ training (docs/speech.md).
   1-shot and 5-shot accuracy, enrolling K takes per digit of the held-out speaker and classifying
   all the others, ``EPISODES`` seeded episodes per fold; figure ``fsdd_1shot_accuracy`` = the mean
   over folds of the 1-shot accuracy.
-- **speakers** (``configs/fsdd-speakers.yaml``, 3 folds: each pair of speakers held out once,
-  training on the other 4): EER over every pair of the two unseen speakers' takes; figure
-  ``fsdd_speaker_eer`` = the mean over folds.
+- **speakers** (3 folds: each pair of speakers held out once, training on the other 4): EER over
+  every pair of the two unseen speakers' takes, for ``configs/fsdd-speakers.yaml`` (the
+  ``audio_cnn`` trained from scratch), the pre-trained GE2E speaker encoder as it is (no
+  training; ``runs/pretrained/ge2e_speaker.safetensors`` from ``make speaker-weights``), the same
+  centred on the mean embedding of the 4 training speakers' takes (a variant, not a saved model),
+  and ``configs/fsdd-speakers-pretrained.yaml`` (that encoder fine-tuned on the 4 speakers);
+  figure ``fsdd_speaker_eer`` = the best mean over folds of the three model folders a user can
+  load (``fsdd_speaker_eer_model`` names it). The keywords table also scores the pre-trained
+  speaker encoder as it is (10-way 1-shot), to check that it does not tell words apart.
 - **text-to-speech** (``configs/fsdd-text-speech.yaml``, a two-tower model, 6 folds): recall@1
   both ways between the ten digit words and the held-out speaker's 500 recordings; figure
   ``text_speech_recall_at_1`` = the smaller of the two directions' means over folds.
@@ -37,6 +43,7 @@ from benchmarks_common import REPOSITORY, markdown_table
 from siamkit.data.datasets import build_dataset
 from siamkit.data.fsdd import SPEAKER_PAIRS, SPEAKERS, list_recordings
 from siamkit.data.paths import dataset_dir
+from siamkit.errors import CheckpointError
 from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.speech_eval import (
     SHOTS,
@@ -45,24 +52,49 @@ from siamkit.evaluation.speech_eval import (
     speaker_eer,
     standardized,
 )
-from siamkit.heads import EuclideanHead
-from siamkit.recipe import load_recipe, run_recipe
+from siamkit.heads import CosineHead, EuclideanHead
+from siamkit.recipe import build_network, load_recipe, run_recipe
+from siamkit.siamese import SiameseNetwork
 from siamkit.two_tower_recipe import two_tower_report
 
 EPISODES = 1000
 SEED = 0
 RUNS = REPOSITORY / "benchmarks" / "runs" / "applications_speech"
 TARGETS = {"fsdd_1shot_accuracy": 0.95, "fsdd_speaker_eer": 0.05, "text_speech_recall_at_1": 0.90}
+PRETRAINED = "fsdd-speakers-pretrained"
+SPEAKER_MODELS = {  # EER column -> the model it measures (figure fsdd_speaker_eer: the best)
+    "EER": "audio_cnn (fsdd-speakers.yaml)",
+    "GE2E as is EER": "GE2E pre-trained, as is",
+    "GE2E fine-tuned EER": "GE2E fine-tuned (fsdd-speakers-pretrained.yaml)",
+}
 
 
-def train(config: str, fold: int, quick: bool) -> tuple[Any, Any, float]:
-    """Train (or resume) the recipe ``config`` on ``fold``; quick runs train 2 epochs."""
+def fold_recipe(config: str, fold: int, quick: bool) -> Any:
+    """The recipe ``config`` on ``fold`` (quick: 2 epochs), ``init_weights`` made absolute."""
     recipe = load_recipe(REPOSITORY / "configs" / f"{config}.yaml")
     data = recipe.data.model_copy(update={"params": {**recipe.data.params, "fold": fold}})
     update: dict[str, Any] = {"data": data}
     if quick:
         update["training"] = recipe.training.model_copy(update={"epochs": 2})
-    recipe = recipe.model_copy(update=update)
+    if recipe.init_weights:
+        weights = REPOSITORY / recipe.init_weights
+        if not weights.is_file():
+            raise CheckpointError(f"{weights} is missing: `make speaker-weights` converts it")
+        update["init_weights"] = str(weights)
+    return recipe.model_copy(update=update)
+
+
+def pretrained_as_is(fold: int, task: str = "speakers") -> tuple[SiameseNetwork, Any]:
+    """The pre-trained speaker encoder with no training, and the ``task`` split of ``fold`` in
+    its features (16 kHz mel power)."""
+    recipe = fold_recipe(PRETRAINED, fold, quick=False)
+    params = {**recipe.data.params, "task": task}
+    return build_network(recipe)[0].eval(), build_dataset("fsdd", **params)
+
+
+def train(config: str, fold: int, quick: bool) -> tuple[Any, Any, float]:
+    """Train (or resume) the recipe ``config`` on ``fold``; quick runs train 2 epochs."""
+    recipe = fold_recipe(config, fold, quick)
     out = RUNS / ("quick" if quick else "full") / f"{config}-fold{fold}"
     started = time.process_time()
     result = run_recipe(recipe, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
@@ -91,6 +123,8 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
         model = siamkit.load(result.model_dir)
         emb = embed_all(model.network, test.items)
         mfcc = baseline.of((SPEAKERS[fold],))
+        speaker_net, split = pretrained_as_is(fold, "keywords")
+        speaker_emb = embed_all(speaker_net, split.test.items)
         row: dict[str, Any] = {"fold": fold, "held-out speaker": SPEAKERS[fold]}
         for k in SHOTS:
             ours = keyword_accuracy(
@@ -101,6 +135,9 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
             )
             row[f"{k}-shot"], row[f"{k}-shot ci95"] = ours.mean, ours.ci95
             row[f"mfcc {k}-shot"] = base.mean
+        row["GE2E as is 1-shot"] = keyword_accuracy(
+            CosineHead(), speaker_emb, split.test.labels, split.test.groups, 1, EPISODES, SEED
+        ).mean
         row["cpu min (this process)"] = cpu / 60
         rows.append(row)
     return rows
@@ -114,12 +151,32 @@ def speakers(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
         model = siamkit.load(result.model_dir)
         ours = speaker_eer(embed_all(model.network, test.items), test.labels)
         base = speaker_eer(baseline.of(SPEAKER_PAIRS[fold]), test.labels)
-        rows.append({
+        row = {
             "fold": fold, "held-out speakers": " + ".join(SPEAKER_PAIRS[fold]),
             "EER": ours["eer"], "TAR@FAR1%": ours["tar_at_far_1pct"], "mfcc EER": base["eer"],
             "pairs": ours["pairs"], "cpu min (this process)": cpu / 60,
-        })  # fmt: skip
+        }  # fmt: skip
+        rows.append(row | pretrained_speakers(fold, quick))
     return rows
+
+
+def pretrained_speakers(fold: int, quick: bool) -> dict[str, Any]:
+    """EERs of the pre-trained speaker encoder on ``fold``: as is, centred on the training
+    speakers' mean embedding, and fine-tuned by ``configs/fsdd-speakers-pretrained.yaml``."""
+    network, split = pretrained_as_is(fold)
+    test = split.test
+    as_is = embed_all(network, test.items)
+    centre = embed_all(network, split.train.items).mean(0)
+    centred = torch.nn.functional.normalize(as_is - centre, dim=1)
+    _, result, cpu = train(PRETRAINED, fold, quick)
+    tuned = embed_all(siamkit.load(result.model_dir).network, test.items)
+    return {
+        "GE2E as is EER": speaker_eer(as_is, test.labels)["eer"],
+        "GE2E as is, centred EER": speaker_eer(centred, test.labels)["eer"],
+        "GE2E fine-tuned EER": speaker_eer(tuned, test.labels)["eer"],
+        "GE2E fine-tuned TAR@FAR1%": speaker_eer(tuned, test.labels)["tar_at_far_1pct"],
+        "fine-tuning cpu min": cpu / 60,
+    }
 
 
 def text_speech(folds: list[int], quick: bool) -> list[dict[str, Any]]:
@@ -166,12 +223,18 @@ def run(quick: bool) -> PartResult:
     sp = speakers(folds["speakers"], quick, baseline)
     ts = text_speech(folds["text-speech"], quick)
     speech_to_text, text_to_speech = mean(ts, "speech -> text R@1"), mean(ts, "text -> speech R@1")
+    speaker_eers = {name: mean(sp, column) for column, name in SPEAKER_MODELS.items()}
+    best = min(speaker_eers, key=speaker_eers.__getitem__)
     figures = {
         "fsdd_1shot_accuracy": mean(kw, "1-shot"),
-        "fsdd_speaker_eer": mean(sp, "EER"),
+        "fsdd_speaker_eer": speaker_eers[best],
         "text_speech_recall_at_1": min(speech_to_text, text_to_speech),
     }
     details = {
+        "fsdd_speaker_eer_model": best,
+        "speaker_eer_by_model": speaker_eers,
+        "ge2e_centred_speaker_eer": mean(sp, "GE2E as is, centred EER"),
+        "ge2e_as_is_1shot_accuracy": mean(kw, "GE2E as is 1-shot"),
         "fsdd_5shot_accuracy": mean(kw, "5-shot"),
         "mfcc_1shot_accuracy": mean(kw, "mfcc 1-shot"),
         "mfcc_5shot_accuracy": mean(kw, "mfcc 5-shot"),
@@ -199,9 +262,20 @@ def markdown(figures: dict[str, float], details: dict[str, Any], quick: bool) ->
          "MFCC baseline": f"{100 * details['mfcc_5shot_accuracy']:.2f}%", "target": "-",
          "met": "-"},
         {"task": "speaker verification EER, 2 unseen speakers",
-         "siamkit": f"{100 * figures['fsdd_speaker_eer']:.2f}%",
+         "siamkit": f"{100 * figures['fsdd_speaker_eer']:.2f}% "
+                    f"({details['fsdd_speaker_eer_model']})",
          "MFCC baseline": f"{100 * details['mfcc_speaker_eer']:.2f}%",
          "target": "<= 5%", "met": met["fsdd_speaker_eer"]},
+        *[{"task": f"speaker EER: {name}", "siamkit": f"{100 * eer:.2f}%", "MFCC baseline": "",
+           "target": "", "met": ""} for name, eer in details["speaker_eer_by_model"].items()],
+        {"task": "speaker EER: GE2E as is, centred on the training speakers' mean (variant)",
+         "siamkit": f"{100 * details['ge2e_centred_speaker_eer']:.2f}%", "MFCC baseline": "",
+         "target": "", "met": ""},
+        {"task": "keywords 10-way 1-shot with the GE2E speaker encoder as is (a check: it "
+                 "should not tell words apart)",
+         "siamkit": f"{100 * details['ge2e_as_is_1shot_accuracy']:.2f}%",
+         "MFCC baseline": f"{100 * details['mfcc_1shot_accuracy']:.2f}%", "target": "-",
+         "met": "-"},
         {"task": "text-to-speech recall@1 (min of both ways)",
          "siamkit": f"{100 * figures['text_speech_recall_at_1']:.2f}% (speech->text "
                     f"{100 * details['speech_to_text_recall_at_1']:.2f}%, text->speech "
