@@ -224,6 +224,27 @@ def reference_report(
     return rows
 
 
+def thresholds_by_rule(
+    scored: dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]], rule: str = "eer"
+) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, dict[str, Any]]]]:
+    """Per-K, per-aggregate thresholds chosen by ``rule`` (``eer``, ``accuracy``, ``far<=X``,
+    ``frr<=X``; see :func:`siamkit.evaluation.verification.choose_threshold`) on genuine vs
+    skilled-forgery trials of validation writers (``scored``: K -> (trials, aggregate ->
+    scores), as :meth:`siamkit.evaluation.signature_eval.EmbeddedSignatures.scores` returns),
+    and what those trials support for each (:func:`threshold_support`: the FAR interval, and
+    for a ``far<=X`` rule whether X is supported)."""
+    if rule == "f1":
+        raise DataError("threshold rule 'f1' applies to sentence pairs, not to signatures")
+    thresholds, support = {}, {}
+    for k, (trials, scores) in scored.items():
+        thresholds[k] = choose_reference_thresholds(scores, trials, rule)
+        support[k] = {
+            a: threshold_support(values, trials, thresholds[k][a], rule, k, a)
+            for a, values in scores.items()
+        }
+    return thresholds, support
+
+
 def threshold_support(
     values: np.ndarray, trials: ReferenceTrials, threshold: float, rule: str, k: int, aggregate: str
 ) -> dict[str, Any]:

@@ -37,11 +37,10 @@ from siamkit.evaluation.reference_set import (
     NORMALISATIONS,
     ReferenceTrials,
     check_normalisation,
-    choose_reference_thresholds,
     reference_report,
     reference_trials,
     saved_reference_threshold,
-    threshold_support,
+    thresholds_by_rule,
     trial_scores,
     with_saved_support,
 )
@@ -235,27 +234,6 @@ def calibrate(
     on the validation writers; :func:`thresholds_by_rule` also says what they support."""
     scored = embedded.scores(val_writers, ks, seed, normalisation=normalisation)
     return thresholds_by_rule(scored, rule)[0]
-
-
-def thresholds_by_rule(
-    scored: dict[int, tuple[ReferenceTrials, dict[str, np.ndarray]]], rule: str = "eer"
-) -> tuple[Thresholds, Support]:
-    """Per-K, per-aggregate thresholds chosen by ``rule`` (``eer``, ``accuracy``, ``far<=X``,
-    ``frr<=X``; see :func:`siamkit.evaluation.verification.choose_threshold`) on genuine vs
-    skilled-forgery trials of validation writers (``scored`` as
-    :meth:`EmbeddedSignatures.scores` returns), and what those trials support for each
-    (:func:`~siamkit.evaluation.reference_set.threshold_support`: the FAR interval, and for a
-    ``far<=X`` rule whether X is supported)."""
-    if rule == "f1":
-        raise DataError("threshold rule 'f1' applies to sentence pairs, not to signatures")
-    thresholds, support = {}, {}
-    for k, (trials, scores) in scored.items():
-        thresholds[k] = choose_reference_thresholds(scores, trials, rule)
-        support[k] = {
-            a: threshold_support(values, trials, thresholds[k][a], rule, k, a)
-            for a, values in scores.items()
-        }
-    return thresholds, support
 
 
 def evaluate_writers(
