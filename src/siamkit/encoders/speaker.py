@@ -1,18 +1,16 @@
-"""A GE2E speaker encoder (Wan et al. 2018, "Generalized end-to-end loss for speaker
+r"""A GE2E speaker encoder (Wan et al. 2018, "Generalized end-to-end loss for speaker
 verification"): 3 LSTM layers over 40 mel bands, the last layer's final hidden state through a
 linear map and a ReLU, L2-normalised to a 256-d unit vector.
 
 Pre-trained weights come from the Resemblyzer wheel on PyPI (Apache-2.0, by Resemble AI; the
 encoder of the Real-Time Voice Cloning project, trained on thousands of other speakers), converted
-once into a safetensors file::
+once into a safetensors file by ``make speaker-weights``: ``pip download --no-deps
+resemblyzer==0.1.4`` (the wheel is downloaded, never installed), its ``resemblyzer/pretrained.pt``
+extracted, then::
 
-    pip download --no-deps resemblyzer==0.1.4 -d runs/pretrained    # the wheel, not installed
-    unzip -j runs/pretrained/Resemblyzer-0.1.4-py3-none-any.whl resemblyzer/pretrained.pt \
-        -d runs/pretrained
-    siamkit convert-resemblyzer runs/pretrained/pretrained.pt \
+    siamkit convert-resemblyzer runs/pretrained/resemblyzer/pretrained.pt \
         runs/pretrained/ge2e_speaker.safetensors
 
-(``make speaker-weights`` does these three steps)
 and a recipe's ``init_weights`` loads that file (``configs/fsdd-speakers-pretrained.yaml``).
 Only tensors are read from the ``.pt`` file (``torch.load(..., weights_only=True)``); a file that
 needs more than that is refused.
