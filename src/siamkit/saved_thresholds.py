@@ -22,11 +22,11 @@ SUPPORT_KEY = "reference_threshold_support_by_k"
 
 def saved_reference_support(extra: dict[str, Any], k: int, aggregate: str) -> dict[str, Any] | None:
     """What the validation writers support for the threshold :func:`saved_reference_threshold`
-    returns (the same nearest saved K): the row :func:`siamkit.evaluation.reference_set.
-    threshold_support` stored (``rule``, ``k``, ``trials``, ``accepted``, ``far_low``,
-    ``far_high``; with a ``far<=X`` rule also ``far``, ``supported`` and ``warning``), or
-    ``None`` for folders saved without the table (before it existed) or without that
-    aggregate."""
+    returns (the same nearest saved K): the row that
+    :func:`~siamkit.evaluation.reference_set.threshold_support` stored (``rule``, ``k``,
+    ``trials``, ``accepted``, ``far_low``, ``far_high``; with a ``far<=X`` rule also ``far``,
+    ``supported`` and ``warning``), or ``None`` for folders saved without the table (before it
+    existed) or without that aggregate."""
     chosen = _nearest_k(extra.get(SUPPORT_KEY, {}), k)
     return None if chosen is None else chosen.get(aggregate)
 
