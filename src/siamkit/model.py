@@ -7,6 +7,7 @@ owns (a vocabulary, a tokenizer). Loading never unpickles.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -241,10 +242,19 @@ def build_network(
     return TwoTowerNetwork(encoder, encoder_b, HEADS.build(config.head))
 
 
+# saved preprocessings registered by their own module on import, which loading imports first
+# (audio needs librosa, an optional dependency; signature is imported only where it is used)
+PREPROCESSOR_MODULES = {
+    "audio": "siamkit.data.audio",
+    "signature": "siamkit.data.signature_preprocess",
+}
+
+
 def _preprocessor(spec: ComponentSpec) -> Any:
-    """A saved preprocessing (the audio one registers itself on import: librosa is optional)."""
-    if spec.name == "audio":
-        import siamkit.data.audio  # noqa: F401
+    """A saved preprocessing, its registering module imported first if it has one."""
+    module = PREPROCESSOR_MODULES.get(spec.name)
+    if module is not None:
+        importlib.import_module(module)
     return build_preprocessor(spec)
 
 

@@ -399,6 +399,19 @@ def test_a_class_proxy_loss_trains_a_fold(tree, tmp_path):
     assert fold.history.epochs and np.isfinite(fold.history.epochs[0]["loss"])
 
 
+def test_saved_model_loads_in_a_fresh_process(model_dir, tree):
+    """``siamkit.load`` alone (as ``siamkit eval`` and ``verify`` start) finds the signature
+    preprocessing, which registers itself only when its module is imported."""
+    import subprocess
+    import sys
+
+    image = tree / "genuine" / WRITERS[0] / f"{WRITERS[0]}_00.png"
+    code = f"import siamkit; print(siamkit.load({str(model_dir)!r}).embed([{str(image)!r}]).shape)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("torch.Size([1,"), done.stdout
+
+
 def test_saved_model_carries_preprocessing_and_thresholds(model_dir, tree):
     import siamkit
 
