@@ -72,10 +72,11 @@ def run_fold(
     console.print(f"[bold]{name}[/] fold {fold}: {len(split.train)} train, "
                   f"{len(split.val)} val, {len(split.test)} test writers")  # fmt: skip
     trained = train_fold(recipe, data, images, split, out / name / f"fold{fold}")
-    result = evaluate_fold(trained.network, images, data, split, seed=recipe.seed)
+    rule = recipe.evaluation.threshold_rule
+    result = evaluate_fold(trained.network, images, data, split, seed=recipe.seed, rule=rule)
     if fold == 0:
         save_signature_model(out / name / "model", trained, recipe, result.thresholds, split,
-                             result.normalisation, result.aggregate)  # fmt: skip
+                             result.normalisation, result.aggregate, result.support)  # fmt: skip
     trials, scores = result.scored[5]
     return {
         "rows": [{"model": name, "fold": fold, **row} for row in result.rows],
