@@ -87,6 +87,13 @@ def test_long_recordings_are_cut_into_partial_windows_and_averaged() -> None:
     assert torch.allclose(whole, torch.nn.functional.normalize(parts, dim=1), atol=1e-6)
 
 
+def test_freeze_lstm_leaves_only_the_linear_map_to_train() -> None:
+    encoder = small_encoder(freeze_lstm=True).train()
+    encoder(mel_batch([6, 12])).sum().backward()
+    assert all(p.grad is None for p in encoder.lstm.parameters())
+    assert encoder.linear.weight.grad is not None and encoder.linear.weight.grad.abs().sum() > 0
+
+
 def test_silent_items_and_wrong_shapes() -> None:
     assert strip_silence(torch.zeros(7, 8)).shape == (1, 8)
     encoder = small_encoder()

@@ -54,6 +54,7 @@ class GE2ELSTM(Encoder):
     ``min_frames`` pads a recording shorter than that with zero frames at its end before the
     LSTM (160 reproduces Resemblyzer's handling of short utterances; the default 0 runs the LSTM
     on the recording's own frames only, which scores better on FSDD: docs/speech.md).
+    ``freeze_lstm`` keeps the LSTM's weights fixed in training (only the linear map learns).
     """
 
     in_channels = 1
@@ -67,6 +68,7 @@ class GE2ELSTM(Encoder):
         partial_frames: int = PARTIAL_FRAMES,
         partial_step: int = PARTIAL_STEP,
         min_frames: int = 0,
+        freeze_lstm: bool = False,
     ) -> None:
         super().__init__(normalize=True)
         if min(n_mels, hidden_size, layers, embedding_dim, partial_frames, partial_step) < 1:
@@ -85,6 +87,7 @@ class GE2ELSTM(Encoder):
         self.n_mels, self.embedding_dim = n_mels, embedding_dim
         self.partial_frames, self.partial_step = partial_frames, partial_step
         self.min_frames = min_frames
+        self.lstm.requires_grad_(not freeze_lstm)
 
     def check_input(self, x: Tensor) -> None:  # noqa: D102
         super().check_input(x)
