@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit docs lint format bench face-weights clean
+.PHONY: venv demo test unit docs lint format bench face-weights speaker-weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,19 @@ $(FACE_WEIGHTS): $(STAMP)
 		&& tar xzf $(FACE_API).tgz package/model/face_recognition_model.bin \
 			package/model/face_recognition_model-weights_manifest.json
 	$(BIN)/siamkit convert-face-api runs/pretrained/face-api/package/model $(FACE_WEIGHTS)
+
+# the GE2E speaker encoder for configs/fsdd-speakers-pretrained.yaml: Resemblyzer's PyPI wheel
+# (downloaded, not installed; Apache-2.0), its pretrained.pt read with weights_only=True into safetensors
+RESEMBLYZER := Resemblyzer-0.1.4-py3-none-any.whl
+SPEAKER_WEIGHTS := runs/pretrained/ge2e_speaker.safetensors
+
+speaker-weights: $(SPEAKER_WEIGHTS)
+
+$(SPEAKER_WEIGHTS): $(STAMP)
+	mkdir -p runs/pretrained
+	$(BIN)/pip download --quiet --no-deps resemblyzer==0.1.4 -d runs/pretrained
+	$(BIN)/python -c "import zipfile; zipfile.ZipFile('runs/pretrained/$(RESEMBLYZER)').extract('resemblyzer/pretrained.pt', 'runs/pretrained')"
+	$(BIN)/siamkit convert-resemblyzer runs/pretrained/resemblyzer/pretrained.pt $(SPEAKER_WEIGHTS)
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache
