@@ -88,6 +88,7 @@ def run_config(
     return {
         "seed": seed,
         "threads": threads,
+        "commit": commit_of(tree),
         "returncode": done.returncode,
         "summary": " ".join(tail),
         "seconds": round(seconds, 1),
@@ -371,10 +372,16 @@ def baselines_markdown(found: dict[str, dict[str, dict[str, float]]]) -> str:
     )
 
 
+def run_summary(run: dict[str, Any]) -> str:
+    """Minutes, pytest's summary line and the commit measured (runs record it since 22:10)."""
+    commit = f", commit {run['commit']}" if "commit" in run else ""
+    return f"{run['seconds'] / 60:.1f} min, {run['summary']}{commit}"
+
+
 def markdown(payload: dict[str, Any]) -> str:
     runs = payload["runs"]
     env = payload["environment"]
-    order = ", ".join(f"{k} ({r['seconds'] / 60:.1f} min, {r['summary']})" for k, r in runs.items())
+    order = ", ".join(f"{k} ({run_summary(r)})" for k, r in runs.items())
     return (
         "# Spread of the acceptance tests' asserted figures\n\n"
         f"Runs (in the order of the columns below): {order}.\n\n"
