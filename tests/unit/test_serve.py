@@ -147,7 +147,8 @@ def test_enroll_identify_people_delete(client):
 def sized_row(size: int, cosine: float) -> dict:
     """One row of a per-size open-set calibration table (siamkit.gallery.openset.size_table)."""
     return {"size": size, "cosine": cosine, "far": 0.01, "accepted": 1, "trials": 1000,
-            "far_low": 0.0, "far_high": 0.005, "extrapolated": False, "supported": True}  # fmt: skip
+            "far_low": 0.0, "far_high": 0.005, "extrapolated": False,
+            "supported": True}  # fmt: skip
 
 
 def test_identify_uses_the_threshold_for_the_gallery_size(tmp_path):
