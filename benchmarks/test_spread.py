@@ -8,6 +8,7 @@ resumes: configurations already there are skipped (``--redo`` runs them again). 
 go ``--parallel`` at a time to save wall time; runs with more threads go alone.
 
     python benchmarks/test_spread.py                      # seeds 0 1 2 x threads 1 2
+    python benchmarks/test_spread.py --paths tests --marker ""   # the whole make test each time
     python benchmarks/test_spread.py --report-only        # rewrite the Markdown from the JSON
     python benchmarks/test_spread.py --tree /tmp/snapshot # measure a snapshot of the repository
 """
