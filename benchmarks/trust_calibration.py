@@ -147,7 +147,7 @@ def signature_task(quick: bool) -> dict[str, Any]:
     split = writer_folds(data.writer_ids(), n_folds=5, n_val=8, seed=0)[0]
     images = preprocess_of(recipe)(data.paths)
     out = RUNS / ("quick" if quick else "full") / "signatures"
-    fold = train_fold(recipe, data, images, split, out, show_progress=False)
+    fold = train_fold(recipe, data, images, split, out, show_progress=False, resume=_resumable(out))
     rule = recipe.evaluation.threshold_rule
     result = evaluate_fold(fold.network, images, data, split, seed=recipe.seed, rule=rule)
     embedded = EmbeddedSignatures.of(fold.network, images, data, split.val)
@@ -170,7 +170,7 @@ def signature_task(quick: bool) -> dict[str, Any]:
         {"before": naive_probability(s, head), "after": calibrator.predict(s)},
         f"Signatures, unseen writers, K=5 {result.aggregate}",
     )  # fmt: skip
-    report = by_k[5][result.aggregate]
+    report = dict(by_k[5][result.aggregate])  # a copy: it also holds by_k
     report.update(plot=str(plot.relative_to(ROOT)), aggregate=result.aggregate,
                   normalisation=result.normalisation, epochs=recipe.training.epochs,
                   by_k={str(k): v for k, v in by_k.items()},

@@ -183,10 +183,12 @@ def train_fold(
     out_dir: str | Path,
     mix: tuple[float, float, float] = (0.5, 0.3, 0.2),
     show_progress: bool = True,
+    resume: bool = False,
 ) -> TrainedFold:
     """Train the recipe's twin network on ``split.train`` writers only (batches from
     :func:`training_batches`: SigNet pairs or writer-grouped mined batches); the best epoch is
-    chosen by the skilled-forgery EER with 5 references on the validation writers.
+    chosen by the skilled-forgery EER with 5 references on the validation writers. ``resume``
+    continues from the checkpoint in ``out_dir``.
     """
     from siamkit.recipe import build_network, build_recipe_loss
 
@@ -201,7 +203,7 @@ def train_fold(
     started = time.perf_counter()
     history = fit(
         network, loss, batches, training, out_dir, validate=validate,
-        monitor="eer_complement", show_progress=show_progress,
+        monitor="eer_complement", show_progress=show_progress, resume=resume,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     return TrainedFold(network.cpu().eval(), head_spec, history, seconds)
