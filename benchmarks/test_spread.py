@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
                 payload["runs"][key] = run | {"merged_from": str(other)}
         if "baselines" in merged:
             payload["baselines"] = merged["baselines"]
+        if "parallel" in merged:  # how the merged 1-thread runs went
+            payload.setdefault("parallel", merged["parallel"])
         payload.setdefault("merged", []).append(str(other))
     if args.note is not None:
         payload["notes"] = args.note
