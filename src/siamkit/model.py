@@ -7,7 +7,6 @@ owns (a vocabulary, a tokenizer). Loading never unpickles.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,8 +61,8 @@ class Model:
         self.network = network.eval()
         self.config = config
         spec, spec_b = config.preprocess, config.preprocess_b
-        self.preprocess = None if spec is None else _preprocessor(spec)
-        self.preprocess_b = None if spec_b is None else _preprocessor(spec_b)
+        self.preprocess = None if spec is None else build_preprocessor(spec)
+        self.preprocess_b = None if spec_b is None else build_preprocessor(spec_b)
 
     @property
     def two_tower(self) -> bool:
@@ -240,22 +239,6 @@ def build_network(
         extra_b = {"assets_dir": assets_dir / TOWER_B_ASSETS}
     encoder_b = build_encoder(config.encoder_b, **extra_b)
     return TwoTowerNetwork(encoder, encoder_b, HEADS.build(config.head))
-
-
-# saved preprocessings registered by their own module on import, which loading imports first
-# (audio needs librosa, an optional dependency; signature is imported only where it is used)
-PREPROCESSOR_MODULES = {
-    "audio": "siamkit.data.audio",
-    "signature": "siamkit.data.signature_preprocess",
-}
-
-
-def _preprocessor(spec: ComponentSpec) -> Any:
-    """A saved preprocessing, its registering module imported first if it has one."""
-    module = PREPROCESSOR_MODULES.get(spec.name)
-    if module is not None:
-        importlib.import_module(module)
-    return build_preprocessor(spec)
 
 
 def _accepts(pre: Any, item: Any) -> bool:

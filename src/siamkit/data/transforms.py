@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +163,19 @@ def _vector(**params: Any) -> VectorPreprocessor:
     return VectorPreprocessor(**params)
 
 
+# preprocessors registered by their own module on import, imported when one is built by name
+# (audio needs librosa, an optional dependency; signature is imported only where it is used)
+PREPROCESSOR_MODULES = {
+    "audio": "siamkit.data.audio",
+    "signature": "siamkit.data.signature_preprocess",
+}
+
+
 def build_preprocessor(spec: ComponentSpec | dict[str, Any]) -> Any:
-    """Build a registered preprocessor from its spec."""
+    """Build a registered preprocessor from its spec (importing its registering module first,
+    see :data:`PREPROCESSOR_MODULES`)."""
+    name = spec["name"] if isinstance(spec, dict) else spec.name
+    module = PREPROCESSOR_MODULES.get(name)
+    if module is not None:
+        importlib.import_module(module)
     return PREPROCESSORS.build(spec)
