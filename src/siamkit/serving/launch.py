@@ -27,17 +27,23 @@ def check_folder(model: Path, runtime: str) -> str:
     return runtime
 
 
+def default_torch_threads(workers: int = 1) -> int:
+    """The model threads of each of ``workers`` server processes when not told: half the
+    cores per worker (the other half decodes, parses HTTP and runs the clients)."""
+    return max(1, (os.cpu_count() or 2) // (2 * workers))
+
+
 def server_settings(
     workers: int = 1, api_keys_file: Path | None = None, **overrides: Any
 ) -> ServeSettings:
     """Settings from the environment and ``overrides`` (None: not given), the keys of
-    ``api_keys_file``; model threads default to half the cores per worker (the other half decodes,
-    parses HTTP and runs the clients). Refuses authentication without a key."""
+    ``api_keys_file``; model threads default to :func:`default_torch_threads`. Refuses
+    authentication without a key."""
     if (
         overrides.get("torch_threads") is None
         and not os.environ.get("SIAMKIT_TORCH_THREADS", "").strip()
     ):
-        overrides["torch_threads"] = max(1, (os.cpu_count() or 2) // (2 * workers))
+        overrides["torch_threads"] = default_torch_threads(workers)
     settings = ServeSettings.from_env(**overrides)
     if api_keys_file is not None:
         settings = settings.with_key_file(api_keys_file)

@@ -26,10 +26,15 @@ from siamkit.errors import ConfigError
 from siamkit.evaluation.reference_set import normalised_aggregates, saved_reference_threshold
 from siamkit.gallery.images import cosine_threshold
 from siamkit.model import Model, load
-from siamkit.serving.backend import check_aggregate, in_length_order, served_name, verdict
+from siamkit.serving.backend import (
+    TEXT_CHUNK,
+    check_aggregate,
+    in_length_order,
+    served_name,
+    verdict,
+)
 
 Kind = Literal["image", "text"]
-TEXT_CHUNK = 32  # texts per forward pass: length-sorted chunks pad less than one large batch
 
 
 def fold_batch_norms(module: nn.Module) -> int:

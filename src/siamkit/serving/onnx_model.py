@@ -24,14 +24,13 @@ from siamkit.runtime.heads import reference_aggregates, saved_reference_threshol
 from siamkit.runtime.model import OnnxModel, load_onnx
 from siamkit.runtime.preprocess import ImagePreprocess
 from siamkit.serving.backend import (
+    TEXT_CHUNK,
     Kind,
     check_aggregate,
     in_length_order,
     served_name,
     verdict,
 )
-
-TEXT_CHUNK = 32  # texts per run, as the torch back-end's
 
 
 class OnnxServedModel:
