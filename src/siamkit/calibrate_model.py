@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from siamkit.calibration import (
     calibrate_run,
     calibration_report,
@@ -25,39 +27,153 @@ from siamkit.model import Model, load
 
 
 def calibrate_folder(
-    folder: str | Path, data_dir: str | Path | None = None, seed: int | None = None
+    folder: str | Path,
+    data_dir: str | Path | None = None,
+    seed: int | None = None,
+    within_share: float | None = None,
 ) -> dict[str, Any]:
     """Fit and store ``folder``'s map(s); returns the before/after report on the test split
-    (its ``plot``: ``folder/reliability.png``)."""
+    (its ``plot``: ``folder/reliability.png``). Class datasets are calibrated on
+    :func:`calibration_pairs` (``within_share``: see there)."""
     folder = Path(folder)
     model = load(folder)
-    extra = model.config.extra
-    if "recipe" not in extra:
-        raise CheckpointError(
-            f"{folder}: config.json has no recipe in its extra (it was not saved by siamkit "
-            "train), so its validation split is unknown; calibrate it in Python with "
-            "siamkit.calibration.fit_calibrator on your own labelled validation pairs"
-        )
-    from siamkit.recipe import parse_recipe
-
-    recipe = parse_recipe(extra["recipe"], f"{folder}/config.json extra.recipe")
+    recipe = saved_recipe(folder, model)
     seed = recipe.seed if seed is None else seed
     plot = folder / "reliability.png"
-    if extra.get("task") == "signatures":
+    if model.config.extra.get("task") == "signatures":
         report = _signatures(model, recipe, folder, data_dir, plot, seed)
     else:
-        val, test = (_text_pairs if recipe.sentence_pairs else _class_pairs)(
-            model, recipe, data_dir
-        )
+        val, test = held_out_pairs(model, recipe, data_dir)
+        mix: dict[str, Any] = {}
+        if not recipe.sentence_pairs:
+            val, mix = calibration_pairs(model, recipe, data_dir, within_share)
         calibrator, report = calibrate_run(val, test, model.config.head.name, plot, seed)
         if calibrator is None:
             raise DataError(f"{folder}: {report['skipped']}")
+        report.update(mix)
         store_calibration(folder, pairs=calibrator, report=_without_plot(report))
     return report
 
 
+def saved_recipe(folder: Path, model: Model) -> Any:
+    """The recipe that trained ``model`` (saved in its config's extra by ``siamkit train``); a
+    :class:`CheckpointError` for a folder saved without one (its validation split is unknown)."""
+    from siamkit.recipe import parse_recipe
+
+    if "recipe" not in model.config.extra:
+        raise CheckpointError(
+            f"{folder}: config.json has no recipe in its extra (it was not saved by siamkit "
+            "train), so its validation split is unknown; fit a map in Python with "
+            "siamkit.calibration.fit_calibrator, or choose a threshold with "
+            "siamkit.evaluation.verification.choose_threshold, on your own labelled pairs"
+        )
+    return parse_recipe(model.config.extra["recipe"], f"{folder}/config.json extra.recipe")
+
+
+def held_out_pairs(model: Model, recipe: Any, data_dir: Any) -> tuple[Any, Any]:
+    """(scores, labels) of the validation and of the test pairs of the model's recipe: pairs of
+    its validation and test classes, or its dev and test sentence pairs."""
+    return (_text_pairs if recipe.sentence_pairs else _class_pairs)(model, recipe, data_dir)
+
+
+def embedded_signatures(model: Model, recipe: Any, folder: Path, data_dir: Any) -> Any:
+    """The saved validation and test writers of a signature model, embedded once
+    (:class:`~siamkit.evaluation.signature_eval.EmbeddedSignatures`), and the writer split."""
+    from siamkit.data.paths import dataset_dir
+    from siamkit.data.signatures import read_signature_tree
+    from siamkit.evaluation.signature_eval import EmbeddedSignatures
+
+    writers = model.config.extra.get("writers")
+    if not writers:
+        raise CheckpointError(f"{folder}: a signature model without its saved writer split")
+    data = read_signature_tree(dataset_dir("signatures", data_dir or recipe.data_dir))
+    images = model.prepare(data.paths)
+    embedded = EmbeddedSignatures.of(model.network, images, data, writers["val"] + writers["test"])
+    return embedded, writers
+
+
 def _without_plot(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "plot"}
+
+
+def within_group_share(labels: Any, groups: Any) -> float:
+    """The share of negative pairs whose two items are in one group (an alphabet) when pairs are
+    drawn as :func:`siamkit.data.pairs.make_pairs` draws them: a uniform anchor and a uniform
+    partner among the items of other classes. Needs only the labels and groups, no scores."""
+    lab, grp = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    if lab.shape != grp.shape or len(np.unique(lab)) < 2:
+        raise DataError(
+            f"within_group_share: expected one group per label and at least 2 classes, got "
+            f"{len(lab)} labels, {len(grp)} groups, {len(np.unique(lab))} classes"
+        )
+    _, cls, cls_count = np.unique(lab, return_inverse=True, return_counts=True)
+    _, grp_i, grp_count = np.unique(grp, return_inverse=True, return_counts=True)
+    _, both, both_count = np.unique(
+        cls * (grp_i.max() + 1) + grp_i, return_inverse=True, return_counts=True
+    )
+    same_group_other_class = grp_count[grp_i] - both_count[both]
+    return float(np.mean(same_group_other_class / (len(lab) - cls_count[cls])))
+
+
+def regroup_negatives(
+    labels: Any, groups: Any, a: Any, b: Any, y: Any, share: float, seed: int = 0
+) -> np.ndarray:
+    """New partners ``b`` for the negative pairs (``y == 0``): each is, with probability
+    ``share``, an item of another class in the anchor's group, else an item of another group
+    (any other class when the asked kind does not exist). Positive pairs keep their partner.
+    Fitting a map on pairs with the within-group share of the pairs it will score keeps their
+    difficulty the same (see docs/calibration.md, "The pair mix")."""
+    if not 0.0 <= share <= 1.0:
+        raise DataError(f"regroup_negatives: share must be within [0, 1], got {share}")
+    lab, grp = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    a, y, b = np.asarray(a).ravel(), np.asarray(y).ravel(), np.array(b).ravel()
+    rng = np.random.default_rng(seed)
+    pools: dict[tuple[Any, Any, bool], np.ndarray] = {}  # (class, group, within) -> partners
+    for i in np.flatnonzero(y == 0):
+        anchor, within = a[i], bool(rng.random() < share)
+        key = (lab[anchor], grp[anchor], within)
+        if key not in pools:
+            other = lab != lab[anchor]
+            pool = np.flatnonzero(other & ((grp == grp[anchor]) == within))
+            pools[key] = pool if len(pool) else np.flatnonzero(other)
+        b[i] = rng.choice(pools[key])
+    return b
+
+
+CALIBRATION_PAIRS = 5000  # validation pairs a class model's map is fitted on (at least)
+
+
+def calibration_pairs(
+    model: Model, recipe: Any, data_dir: Any = None, within_share: float | None = None
+) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    """(scores, labels) of the pairs of validation classes the map is fitted on, and how they
+    were drawn. ``max(val_pairs, CALIBRATION_PAIRS)`` balanced pairs, drawn as the test pairs
+    are; when the classes come in groups (Omniglot's alphabets), the negatives are redrawn so
+    that a share ``within_share`` of them is within one group: by default the share uniform
+    pairs of the recipe's test split have (from its labels and groups alone, no scores). A map
+    is only calibrated for pairs as hard as those it was fitted on (docs/calibration.md)."""
+    import torch
+
+    from siamkit.data.datasets import build_dataset
+    from siamkit.data.pairs import make_pairs
+    from siamkit.evaluation.embedding import embed_all
+
+    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
+    val, n = splits.val, max(recipe.evaluation.val_pairs, CALIBRATION_PAIRS)
+    a, b, y = make_pairs(val.require_nonempty("the validation set").labels, n, recipe.seed)
+    drawn: dict[str, Any] = {"calibration_pairs_asked": n}
+    test_groups = splits.test.groups
+    if val.groups is not None and (within_share is not None or test_groups is not None):
+        if within_share is None:
+            within_share = within_group_share(splits.test.labels, splits.test.groups)
+        share_before = within_group_share(val.labels, val.groups)
+        b = torch.as_tensor(regroup_negatives(val.labels, val.groups, a, b, y, within_share,
+                                              recipe.seed))  # fmt: skip
+        drawn.update(within_group_share=within_share, val_within_group_share=share_before)
+    emb = embed_all(model.network, val.items)
+    with torch.no_grad():
+        scores = model.network.head.to(emb.device)(emb[a], emb[b])
+    return (scores.float(), y), drawn
 
 
 def _class_pairs(model: Model, recipe: Any, data_dir: Any) -> tuple[Any, Any]:
@@ -86,17 +202,10 @@ def _signatures(
 ) -> dict[str, Any]:
     """One map per K and aggregate on the saved validation writers; the report on the test
     writers with the model's K and aggregate."""
-    from siamkit.data.paths import dataset_dir
-    from siamkit.data.signatures import read_signature_tree
-    from siamkit.evaluation.signature_eval import KS, EmbeddedSignatures
+    from siamkit.evaluation.signature_eval import KS
 
     extra = model.config.extra
-    writers = extra.get("writers")
-    if not writers:
-        raise CheckpointError(f"{folder}: a signature model without its saved writer split")
-    data = read_signature_tree(dataset_dir("signatures", data_dir or recipe.data_dir))
-    images = model.prepare(data.paths)
-    embedded = EmbeddedSignatures.of(model.network, images, data, writers["val"] + writers["test"])
+    embedded, writers = embedded_signatures(model, recipe, folder, data_dir)
     normalisation = extra.get("reference_normalisation", "none")
     val = embedded.scores(writers["val"], KS, seed, normalisation=normalisation)
     maps = fit_reference_calibrators(val, seed=seed)

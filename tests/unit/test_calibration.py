@@ -174,3 +174,41 @@ def test_threshold_rules_by_target_on_validation_pairs():
         recipe["evaluation"] = {"threshold_rule": bad}
         with pytest.raises(ConfigError, match="evaluation.threshold_rule.*far<=X or frr<=X"):
             parse_recipe(recipe, "bad.yaml")
+
+
+def grouped_labels(classes=40, per_class=5, groups=4):
+    labels = np.repeat(np.arange(classes), per_class)
+    return labels, labels % groups  # class c is in group c % groups
+
+
+def test_within_group_share_is_the_share_uniform_negative_pairs_have():
+    from siamkit.calibrate_model import within_group_share
+    from siamkit.data.pairs import make_pairs
+
+    # classes 0 and 1 in group 0, class 2 alone in group 1: anchors of 0 or 1 find 2 of their 4
+    # other-class items in their group, anchors of class 2 none: (4 * 1/2 + 2 * 0) / 6
+    assert within_group_share([0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1]) == pytest.approx(1 / 3)
+    labels, groups = grouped_labels(classes=30, per_class=4, groups=3)
+    a, b, y = make_pairs(torch.as_tensor(labels), 6000, seed=1)
+    negative = (y == 0).numpy()
+    drawn = np.mean(groups[a.numpy()[negative]] == groups[b.numpy()[negative]])
+    assert drawn == pytest.approx(within_group_share(labels, groups), abs=0.03)
+    with pytest.raises(DataError, match="at least 2 classes"):
+        within_group_share([3, 3], [0, 0])
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.8])
+def test_regroup_negatives_draws_the_asked_share_and_keeps_the_labels(share):
+    from siamkit.calibrate_model import regroup_negatives
+    from siamkit.data.pairs import make_pairs
+
+    labels, groups = grouped_labels()
+    a, b, y = (t.numpy() for t in make_pairs(torch.as_tensor(labels), 4000, seed=2))
+    new_b = regroup_negatives(labels, groups, a, b, y, share, seed=3)
+    negative, positive = y == 0, y == 1
+    assert np.array_equal(new_b[positive], b[positive])
+    assert np.all(labels[a[negative]] != labels[new_b[negative]])  # still different classes
+    within = np.mean(groups[a[negative]] == groups[new_b[negative]])
+    assert within == pytest.approx(share, abs=0.03)
+    with pytest.raises(DataError, match="share must be within"):
+        regroup_negatives(labels, groups, a, b, y, 1.5)
