@@ -283,6 +283,14 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         for task, r in reports.items()
     ]
     figures = "\n".join(f"![{t}]({Path(r['plot']).name})" for t, r in reports.items())
+    mixes = [
+        f"- {task}: {r['within_group_share']:.1%} of the calibration negatives are within one "
+        f"group (the share uniform test pairs have; uniform validation pairs: "
+        f"{r['val_within_group_share']:.1%})"
+        for task, r in reports.items()
+        if "within_group_share" in r
+    ]
+    mix_lines = ["", "Pair mix of the calibration pairs (docs/calibration.md):", *mixes]
     return "\n".join([
         "ECE (15 equal-width bins), Brier score and log-loss on the test classes; *before* reads "
         "the score naively as a probability (learned head: as is; cosine: (s+1)/2; euclidean: "
@@ -291,5 +299,5 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         *signature_far_markdown(reports.get("signatures", {}).get("far_targets", {})), "",
         "ECE of a perfectly calibrated map on these pairs (sampling noise: labels drawn 20 times "
         "from the calibrated probabilities):",
-        *noise, "", "Models:", *sources, "", figures,
+        *noise, *(mix_lines if mixes else []), "", "Models:", *sources, "", figures,
     ])  # fmt: skip
