@@ -226,6 +226,21 @@ def read_config(folder: Path) -> ModelConfig:
     return config
 
 
+def update_config(
+    folder: str | Path, extra: dict[str, Any] | None = None, **fields: Any
+) -> ModelConfig:
+    """Rewrite ``folder/config.json`` (atomically) with new values of its ``fields`` (e.g.
+    ``threshold=0.7``) and the keys of ``extra`` merged into its extra, keeping everything else;
+    the weights are not touched. Returns the new config."""
+    folder = Path(folder)
+    config = read_config(folder)
+    if extra:
+        fields["extra"] = {**config.extra, **extra}
+    config = config.model_copy(update=fields)
+    atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))
+    return config
+
+
 def build_network(
     config: ModelConfig, assets_dir: Path | None = None
 ) -> SiameseNetwork | TwoTowerNetwork:

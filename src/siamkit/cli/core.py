@@ -193,6 +193,50 @@ def calibrate(
     )
 
 
+@app.command()
+def threshold(
+    model: Annotated[Path, typer.Argument(help="Model folder (from siamkit train).")],
+    rule: Annotated[
+        str, typer.Option(help="eer, accuracy, f1, far<=X or frr<=X (e.g. far<=0.01).")
+    ],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: the recipe's, else SIAMKIT_DATA).")
+    ] = None,
+) -> None:
+    """Re-set MODEL's decision threshold(s) by RULE on its recipe's validation split and store
+    them in MODEL; prints the FAR interval the validation data supports and FAR/FRR on the
+    test split (a signature model: per K and aggregate). docs/calibration.md."""
+    from siamkit.thresholding import rethreshold_folder, worst_warning
+
+    report = rethreshold_folder(model, rule, data_dir)
+    percent = "{:.2%}".format
+
+    def accepted(row: dict[str, Any]) -> str:
+        return (f"{row['accepted']}/{row['trials']} "
+                f"({percent(row['far_low'])}-{percent(row['far_high'])})")  # fmt: skip
+
+    if "by_k" in report:
+        rows = [
+            {"K": r["k"], "aggregate": r["aggregate"], "threshold": r["threshold"],
+             "val FAR (95% interval)": accepted(r),
+             "test FAR": percent(r["test_far"]), "test FRR": percent(r["test_frr"])}
+            for r in report["by_k"]
+        ]  # fmt: skip
+        title = f"reference thresholds by {rule} (validation writers; test writers reported)"
+    else:
+        val, test = report["validation"], report["test"]
+        rows = [{
+            "threshold": report["threshold"], "previous": report["previous"],
+            "val FAR (95% interval)": accepted(val), "val FRR": percent(val["frr"]),
+            "test FAR": percent(test["far"]), "test FRR": percent(test["frr"]),
+        }]  # fmt: skip
+        title = f"threshold by {rule} (validation pairs; test pairs reported)"
+    print_table(title, rows)
+    if warning := worst_warning(report):
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"saved in {model}/config.json")
+
+
 def reference_verification(
     loaded: Any, questioned: str, others: list[str], aggregate: str | None
 ) -> dict[str, Any]:

@@ -116,14 +116,7 @@ def paraphrase(
         row.update(paraphrase_report(loaded, read_pair_file(test), threshold))
     print_table("paraphrase detection", [row])
     if save:
-        save_threshold(model, threshold)
+        from siamkit.model import update_config
+
+        update_config(model, threshold=threshold)
         console.print(f"threshold saved to {model}")
-
-
-def save_threshold(folder: Path, threshold: float) -> None:
-    """Rewrite the model folder's config.json with a new decision threshold."""
-    from siamkit.checkpoint import atomic_write_text
-    from siamkit.model import CONFIG_FILE, read_config
-
-    config = read_config(folder).model_copy(update={"threshold": threshold})
-    atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))

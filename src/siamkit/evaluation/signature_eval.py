@@ -320,25 +320,39 @@ def save_signature_model(
     ``reference_threshold_support_by_k``, with its ``reference_threshold_rule``."""
     if aggregate not in AGGREGATES:
         raise DataError(f"reference aggregate must be one of {AGGREGATES}, got {aggregate!r}")
-    k_main = 5 if 5 in thresholds else max(thresholds)
     extra = {
         "task": "signatures",
-        "reference_thresholds": thresholds[k_main],
-        "reference_thresholds_k": k_main,
-        "reference_thresholds_by_k": {str(k): t for k, t in thresholds.items()},
+        **reference_threshold_extra(thresholds, support),
         "reference_normalisation": check_normalisation(normalisation),
         "reference_aggregate": aggregate,
         "writers": {"train": split.train, "val": split.val, "test": split.test},
         "recipe": recipe.model_dump(mode="json"),
     }
+    return save_model(
+        folder, fold.network, recipe.encoder, fold.head_spec, preprocess_of(recipe).spec,
+        pair_threshold(thresholds), extra,
+    )  # fmt: skip
+
+
+def reference_threshold_extra(thresholds: Thresholds, support: Support | None) -> dict[str, Any]:
+    """The config extra keys of a signature model's thresholds: the main ones (K = 5, or the
+    largest K), every K's, and (with ``support``) what the validation writers support for each
+    with the rule they were chosen by."""
+    k_main = 5 if 5 in thresholds else max(thresholds)
+    extra: dict[str, Any] = {
+        "reference_thresholds": thresholds[k_main],
+        "reference_thresholds_k": k_main,
+        "reference_thresholds_by_k": {str(k): t for k, t in thresholds.items()},
+    }
     if support:
         extra[SUPPORT_KEY] = {str(k): rows for k, rows in support.items()}
         extra["reference_threshold_rule"] = next(iter(support[k_main].values()))["rule"]
-    pair_threshold = thresholds[1]["mean"] if 1 in thresholds else None
-    return save_model(
-        folder, fold.network, recipe.encoder, fold.head_spec, preprocess_of(recipe).spec,
-        pair_threshold, extra,
-    )  # fmt: skip
+    return extra
+
+
+def pair_threshold(thresholds: Thresholds) -> float | None:
+    """The model's pair threshold (one reference, mean aggregate), ``None`` without K = 1."""
+    return thresholds[1]["mean"] if 1 in thresholds else None
 
 
 # --- siamkit eval MODEL SIGNATURE_TREE ------------------------------------------------------

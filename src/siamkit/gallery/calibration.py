@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from siamkit.checkpoint import atomic_write_text
 from siamkit.errors import CheckpointError, DataError
 from siamkit.gallery import unit_vectors
 from siamkit.gallery.openset import (
@@ -32,7 +31,7 @@ from siamkit.gallery.openset import (
     size_table,
     support_warning,
 )
-from siamkit.model import CONFIG_FILE, load, read_config
+from siamkit.model import load, update_config
 
 
 def threshold_at_far(impostor_scores: Any, far: float = 0.01) -> float:
@@ -176,7 +175,5 @@ def calibrate_model(
         val = splits.val.require_nonempty("the recipe's validation split")
         groups = [(embed_all(model.network, val.items).numpy(), val.labels.numpy())]
     found = calibrate_groups(groups, far, sizes) | {"folds": folds, "epochs": epochs}
-    config = read_config(folder)
-    config.extra[KEY] = found
-    atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))
+    update_config(folder, extra={KEY: found})
     return found
