@@ -146,33 +146,41 @@ CALIBRATION_PAIRS = 5000  # validation pairs a class model's map is fitted on (a
 def calibration_pairs(
     model: Model, recipe: Any, data_dir: Any = None, within_share: float | None = None
 ) -> tuple[tuple[Any, Any], dict[str, Any]]:
-    """(scores, labels) of the pairs of validation classes the map is fitted on, and how they
+    """:func:`draw_calibration_pairs` of a saved model on its recipe's data."""
+    from siamkit.data.datasets import build_dataset
+
+    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
+    n = recipe.evaluation.val_pairs
+    return draw_calibration_pairs(model.network, splits, n, recipe.seed, within_share)
+
+
+def draw_calibration_pairs(
+    network: Any, splits: Any, val_pairs: int, seed: int = 0, within_share: float | None = None
+) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    """(scores, labels) of the pairs of ``splits.val`` classes a map is fitted on, and how they
     were drawn. ``max(val_pairs, CALIBRATION_PAIRS)`` balanced pairs, drawn as the test pairs
     are; when the classes come in groups (Omniglot's alphabets), the negatives are redrawn so
     that a share ``within_share`` of them is within one group: by default the share uniform
-    pairs of the recipe's test split have (from its labels and groups alone, no scores). A map
-    is only calibrated for pairs as hard as those it was fitted on (docs/calibration.md)."""
+    pairs of ``splits.test`` have (from its labels and groups alone, no scores). A map is only
+    calibrated for pairs as hard as those it was fitted on (docs/calibration.md)."""
     import torch
 
-    from siamkit.data.datasets import build_dataset
     from siamkit.data.pairs import make_pairs
     from siamkit.evaluation.embedding import embed_all
 
-    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
-    val, n = splits.val, max(recipe.evaluation.val_pairs, CALIBRATION_PAIRS)
-    a, b, y = make_pairs(val.require_nonempty("the validation set").labels, n, recipe.seed)
+    val, n = splits.val, max(val_pairs, CALIBRATION_PAIRS)
+    a, b, y = make_pairs(val.require_nonempty("the validation set").labels, n, seed)
     drawn: dict[str, Any] = {"calibration_pairs_asked": n}
     test_groups = splits.test.groups
     if val.groups is not None and (within_share is not None or test_groups is not None):
         if within_share is None:
-            within_share = within_group_share(splits.test.labels, splits.test.groups)
+            within_share = within_group_share(splits.test.labels, test_groups)
         share_before = within_group_share(val.labels, val.groups)
-        b = torch.as_tensor(regroup_negatives(val.labels, val.groups, a, b, y, within_share,
-                                              recipe.seed))  # fmt: skip
+        b = torch.as_tensor(regroup_negatives(val.labels, val.groups, a, b, y, within_share, seed))
         drawn.update(within_group_share=within_share, val_within_group_share=share_before)
-    emb = embed_all(model.network, val.items)
+    emb = embed_all(network, val.items)
     with torch.no_grad():
-        scores = model.network.head.to(emb.device)(emb[a], emb[b])
+        scores = network.head.to(emb.device)(emb[a], emb[b])
     return (scores.float(), y), drawn
 
 

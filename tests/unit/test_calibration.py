@@ -212,3 +212,36 @@ def test_regroup_negatives_draws_the_asked_share_and_keeps_the_labels(share):
     assert within == pytest.approx(share, abs=0.03)
     with pytest.raises(DataError, match="share must be within"):
         regroup_negatives(labels, groups, a, b, y, 1.5)
+
+
+def test_calibration_pairs_of_grouped_classes_match_the_test_splits_share():
+    from siamkit.calibrate_model import (
+        CALIBRATION_PAIRS,
+        draw_calibration_pairs,
+        within_group_share,
+    )
+    from siamkit.data.labelled import LabelledData, Splits
+
+    torch.manual_seed(0)
+    net = SiameseNetwork(build_encoder(ENCODER), HEADS.build({"name": "euclidean"}))
+
+    def part(classes, groups, seed, per_class=4):
+        labels, group = grouped_labels(classes, per_class, groups)
+        items = torch.randn(len(labels), 4, generator=torch.Generator().manual_seed(seed))
+        return LabelledData(items, torch.as_tensor(labels), groups=torch.as_tensor(group))
+
+    # validation: 24 classes of 20 items in 2 groups (enough distinct pairs); test: 20 groups
+    splits = Splits(part(2, 1, 0), part(24, 2, 1, per_class=20), part(40, 20, 2))
+    (scores, y), drawn = draw_calibration_pairs(net, splits, 100, seed=0)
+    assert len(y) == len(scores) == drawn["calibration_pairs_asked"] == CALIBRATION_PAIRS
+    assert drawn["val_within_group_share"] == pytest.approx(
+        within_group_share(*grouped_labels(24, 20, 2))
+    )
+    assert drawn["within_group_share"] == pytest.approx(
+        within_group_share(*grouped_labels(40, 4, 20))
+    )
+    assert drawn["within_group_share"] < 0.1 < 0.4 < drawn["val_within_group_share"]
+    ungrouped = Splits(*(LabelledData(p.items, p.labels) for p in splits.__dict__.values()
+                         if isinstance(p, LabelledData)))  # fmt: skip
+    (_, y_plain), plain = draw_calibration_pairs(net, ungrouped, 100, seed=0)
+    assert "within_group_share" not in plain and len(y_plain) == CALIBRATION_PAIRS
