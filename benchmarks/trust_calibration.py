@@ -40,6 +40,13 @@ from siamkit.calibration import (
     reliability_diagram,
     store_calibration,
 )
+from trust_calibration_studies import (
+    TARGET_ECE,
+    pair_mix_study,
+    signature_study,
+    signature_study_markdown,
+    study_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs" / "trust_calibration"
@@ -63,7 +70,6 @@ EPOCHS: dict[str, int | None] = {
 }
 SIGNATURE_BATCHES = 24  # batches per epoch of the signature recipe here (the recipe: 48)
 TEXT_TRAIN_PAIRS = 1600  # the sentence-pair recipes fine-tune MiniLM on this many pairs here
-TARGET_ECE = 0.02
 TARGET_TASKS = ("faces", "signatures", "omniglot")
 SIGNATURE_FAR_RULES = ("far<=0.05", "far<=0.01")  # signature thresholds per K set by a target
 
@@ -130,8 +136,10 @@ def folder_task(task: str, source: Path) -> dict[str, Any]:
 
 
 def signature_task(quick: bool) -> dict[str, Any]:
-    """Train fold 0, calibrate one map per K and aggregate on its validation writers, report on
-    its test writers (K = 5, the aggregate chosen on validation; every K in ``by_k``)."""
+    """Train fold 0, calibrate one map per K and aggregate on its validation writers
+    (``CALIBRATION_DRAWS`` reference draws, as ``siamkit calibrate``), report on its test
+    writers (K = 5, the aggregate chosen on validation; every K in ``by_k``)."""
+    from siamkit.calibrate_model import CALIBRATION_DRAWS
     from siamkit.data.paths import dataset_dir
     from siamkit.data.signatures import read_signature_tree, writer_folds
     from siamkit.evaluation.signature_eval import (
@@ -152,7 +160,10 @@ def signature_task(quick: bool) -> dict[str, Any]:
     result = evaluate_fold(fold.network, images, data, split, seed=recipe.seed, rule=rule)
     embedded = EmbeddedSignatures.of(fold.network, images, data, split.val)
     val = embedded.scores(split.val, (1, 3, 5), recipe.seed, normalisation=result.normalisation)
-    maps = fit_reference_calibrators(val, seed=recipe.seed)
+    calibration_trials = embedded.scores(split.val, (1, 3, 5), recipe.seed,
+                                         draws=CALIBRATION_DRAWS,
+                                         normalisation=result.normalisation)  # fmt: skip
+    maps = fit_reference_calibrators(calibration_trials, seed=recipe.seed)
     folder = save_signature_model(out / "model", fold, recipe, result.thresholds, split,
                                   result.normalisation, result.aggregate,
                                   result.support)  # fmt: skip
@@ -222,130 +233,6 @@ def signature_far_markdown(targets: dict[str, list[dict[str, Any]]]) -> list[str
     ]  # fmt: skip
 
 
-STUDY_SEEDS = (0, 1, 2)  # pair draws of the Omniglot pair-mix study
-
-
-def pair_mix_study(folder: Path) -> dict[str, Any]:
-    """Why the Omniglot map missed, measured on the validation classes alone: 5 folds grouped by
-    class (fit on 4/5 of the classes, measure on 8000 pairs of the others drawn at the test
-    split's within-alphabet share), the ECE and log-loss of maps fitted on uniform or
-    share-matched pairs, 2000 or 5000 of them, and of other map families. Then, the choice
-    made, the test ECE of the same variants over :data:`STUDY_SEEDS` validation pair draws."""
-    import numpy as np
-    import torch
-
-    from siamkit.calibrate_model import regroup_negatives, within_group_share
-    from siamkit.calibration import expected_calibration_error, fit_calibrator, log_loss
-    from siamkit.data.datasets import build_dataset
-    from siamkit.data.pairs import make_pairs
-    from siamkit.evaluation.embedding import embed_all
-    from siamkit.model import load
-
-    model = load(folder)
-    recipe = json.loads((folder / "config.json").read_text())["extra"]["recipe"]
-    splits = build_dataset(
-        recipe["data"]["name"], recipe.get("data_dir"), **recipe["data"]["params"]
-    )
-    val, test = splits.val, splits.test
-    share = within_group_share(test.labels, test.groups)
-    emb = {"val": embed_all(model.network, val.items), "test": embed_all(model.network, test.items)}
-
-    def draw(split, idx, n, mix, seed):  # (scores, labels) of n pairs among the items idx
-        data = val if split == "val" else test
-        lab, grp = data.labels[idx], data.groups[idx]
-        a, b, y = make_pairs(lab, n, seed)
-        if mix is not None:
-            b = torch.as_tensor(regroup_negatives(lab, grp, a, b, y, mix, seed))
-        e = emb[split][idx]
-        with torch.no_grad():
-            return model.network.head(e[a], e[b]).numpy(), y.numpy()
-
-    variants = {"uniform, 2000 (before)": (None, 2000), "uniform, 5000": (None, 5000),
-                "matched, 2000": (share, 2000), "matched, 5000 (now)": (share, 5000)}  # fmt: skip
-    classes = np.random.default_rng(0).permutation(np.unique(val.labels.numpy()))
-    folds = np.array_split(classes, 5)
-    cv: dict[str, list[tuple[float, float]]] = {}
-    for k, held in enumerate(folds):
-        inside = np.isin(val.labels.numpy(), held)
-        held_s, held_y = draw("val", np.flatnonzero(inside), 8000, share, 100 + k)
-        for name, (mix, n) in variants.items():
-            s, y = draw("val", np.flatnonzero(~inside), n, mix, k)
-            for family, p in _families(s, y, held_s, k).items():
-                key = name if family == "selected" else f"{name}, {family}"
-                if family == "selected" or name.startswith("matched, 5000"):
-                    cv.setdefault(key, []).append(
-                        (expected_calibration_error(p, held_y), log_loss(p, held_y))
-                    )
-    all_val = np.arange(len(val.labels))
-    test_s, test_y = draw("test", np.arange(len(test.labels)), recipe["evaluation"]["test_pairs"],
-                          None, recipe["seed"] + 1)  # fmt: skip
-    on_test = {
-        name: [expected_calibration_error(fit_calibrator(*draw("val", all_val, n, mix, seed),
-                                                         resamples=20).predict(test_s), test_y)
-               for seed in STUDY_SEEDS]
-        for name, (mix, n) in variants.items()
-    }  # fmt: skip
-    return {
-        "test_within_group_share": share,
-        "val_within_group_share": within_group_share(val.labels, val.groups),
-        "validation_cv": {
-            k: {"ece": [e for e, _ in v], "log_loss": [ll for _, ll in v]} for k, v in cv.items()
-        },  # fmt: skip
-        "test_ece": on_test,
-    }
-
-
-def _families(s: Any, y: Any, held: Any, seed: int) -> dict[str, Any]:
-    """Probabilities on ``held`` of maps fitted on (s, y): the library's choice (Platt or
-    isotonic by cross-validated log-loss), each of those two, and two 3-parameter logistic
-    families: quadratic in the score, and beta (on log u and log(1 - u), u = distance / 2)."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    from siamkit.calibration import _apply, _fit_map, fit_calibrator
-
-    def u(x):
-        return np.clip(-x / 2, 1e-6, 1 - 1e-6)
-
-    features = {
-        "quadratic logistic": lambda x: np.c_[x, x**2],
-        "beta": lambda x: np.c_[np.log(u(x)), -np.log(1 - u(x))],
-    }
-    out = {"selected": fit_calibrator(s, y, resamples=20, seed=seed).predict(held)}
-    out |= {m: np.clip(_apply(m, _fit_map(m, s, y), held), 1e-4, 1 - 1e-4)
-            for m in ("platt", "isotonic")}  # fmt: skip
-    for name, f in features.items():
-        lr = LogisticRegression(C=1e6, max_iter=1000).fit(f(s), y)
-        out[name] = np.clip(lr.predict_proba(f(held))[:, 1], 1e-4, 1 - 1e-4)
-    return out
-
-
-def study_markdown(study: dict[str, Any]) -> list[str]:
-    """The pair-mix study of :func:`pair_mix_study` as Markdown."""
-    import numpy as np
-
-    if not study:
-        return []
-    cv = [{"fitted on (negatives, pairs[, family])": k,
-           "ECE (mean ± std over 5 class folds)":
-               f"{np.mean(v['ece']):.4f} ± {np.std(v['ece']):.4f}",
-           "log-loss": f"{np.mean(v['log_loss']):.4f}"}
-          for k, v in study["validation_cv"].items()]  # fmt: skip
-    test = [{"fitted on": k, "test ECE per pair draw": ", ".join(f"{e:.4f}" for e in v),
-             "mean": f"{np.mean(v):.4f}"} for k, v in study["test_ece"].items()]  # fmt: skip
-    return [
-        "", "### Omniglot: the pair mix", "",
-        f"Uniform pairs put {study['val_within_group_share']:.1%} of the validation negatives "
-        "within one alphabet (4 validation alphabets) but only "
-        f"{study['test_within_group_share']:.1%} of the test negatives (20 test alphabets). "
-        "Validation classes only, 5 folds grouped by class, held-out pairs drawn at the test "
-        "share ('matched': calibration negatives redrawn at that share; 'uniform': as drawn):",
-        "", markdown_table(cv), "",
-        f"Test ECE of the same variants (choice already made), pair draws {STUDY_SEEDS}:", "",
-        markdown_table(test),
-    ]  # fmt: skip
-
-
 def run(quick: bool) -> PartResult:
     """Every task's calibration figures (the ``calibration`` part of benchmarks/trust.py)."""
     chosen = os.environ.get("TRUST_CALIBRATION_TASKS", ",".join(CONFIGS)).split(",")
@@ -370,6 +257,12 @@ def run(quick: bool) -> PartResult:
             reports[task] = recipe_task(task, quick)
         saved.write_text(json.dumps(reports[task], indent=2))
         console.print(reports[task]["before"], reports[task]["after"])
+    if "signatures" in os.environ.get("TRUST_CALIBRATION_STUDY", "") and "signatures" in reports:
+        # the signature study alone, on the saved model of an earlier run (no training)
+        model = RUNS / ("quick" if quick else "full") / "signatures" / "model"
+        reports["signatures"]["study"] = signature_study(model)
+        saved = RUNS / ("quick" if quick else "full") / "signatures" / "calibration_report.json"
+        saved.write_text(json.dumps(reports["signatures"], indent=2))
     figures = {
         f"{metric}_{when}": {t: r[when][metric] for t, r in reports.items()}
         for metric in ("ece", "brier") for when in ("before", "after")
@@ -427,5 +320,6 @@ def markdown(reports: dict[str, dict[str, Any]]) -> str:
         "from the calibrated probabilities):",
         *noise, *(mix_lines if mixes else []),
         *study_markdown(reports.get("omniglot", {}).get("pair_mix_study", {})),
+        *signature_study_markdown(reports.get("signatures", {}).get("study", {})),
         "", "Models:", *sources, "", figures,
     ])  # fmt: skip

@@ -4,7 +4,8 @@ recipe's validation split and store it in the folder (see :mod:`siamkit.calibrat
 The recipe saved in ``config.json``'s extra says which data the model was trained on; the map is
 fitted on the validation classes (people, alphabets, writers) or the dev pairs, and reported
 before/after on the test classes. Signature models (saved with their writer split) get one map
-per K and aggregate, fitted on their validation writers' reference-set trials.
+per K and aggregate, fitted on their validation writers' reference-set trials
+(:data:`CALIBRATION_DRAWS` reference draws each).
 """
 
 from __future__ import annotations
@@ -141,6 +142,10 @@ def regroup_negatives(
 
 
 CALIBRATION_PAIRS = 5000  # validation pairs a class model's map is fitted on (at least)
+# reference draws per validation writer for a signature model's maps (test trials: 5): each
+# draw is another reference set for the same questioned signatures, more calibration trials at
+# no training cost (docs/calibration.md, "Signatures")
+CALIBRATION_DRAWS = 200
 
 
 def calibration_pairs(
@@ -215,7 +220,9 @@ def _signatures(
     extra = model.config.extra
     embedded, writers = embedded_signatures(model, recipe, folder, data_dir)
     normalisation = extra.get("reference_normalisation", "none")
-    val = embedded.scores(writers["val"], KS, seed, normalisation=normalisation)
+    val = embedded.scores(
+        writers["val"], KS, seed, draws=CALIBRATION_DRAWS, normalisation=normalisation
+    )
     maps = fit_reference_calibrators(val, seed=seed)
     k = int(extra.get("reference_thresholds_k", 5))
     aggregate = extra.get("reference_aggregate", "mean")
