@@ -22,6 +22,7 @@ TARGET_ECE = 0.02
 
 
 STUDY_SEEDS = (0, 1, 2)  # pair draws of the Omniglot pair-mix study
+TEST_DRAW_SEEDS = (1000, 1001, 1002, 1003, 1004)  # reference draws of the signature test trials
 
 
 def pair_mix_study(folder: Path) -> dict[str, Any]:
@@ -179,6 +180,11 @@ def signature_study(folder: Path, draws: tuple[int, ...] = (5, 20, 50, 100, 200)
         "perfect_map_above_target": float((perfect > TARGET_ECE).mean()),
         "val_genuine_share": float(trials(writers["val"], 5, recipe.seed)[1].mean()),
         "test_genuine_share": float(test_y.mean()), "by_draws": {},
+        "test_ece_by_test_draw": [
+            expected_calibration_error(saved_calibration(extra, k=5, aggregate=aggregate)
+                                       .predict(s), y)
+            for s, y in (trials(writers["test"], 5, seed) for seed in TEST_DRAW_SEEDS)
+        ],
     }  # fmt: skip
     held_s, held_y, held_w = trials(writers["val"], 20, 99, by_writer=True)
     for n in draws:
@@ -212,7 +218,10 @@ def signature_study_markdown(study: dict[str, Any]) -> list[str]:
         f"{study['test_ece']:.4f}; a perfectly calibrated map would score "
         f"{study['perfect_map_mean']:.4f} on average, above {TARGET_ECE} in "
         f"{study['perfect_map_above_target']:.0%} of 400 label draws (90th percentile "
-        f"{study['perfect_map_p90']:.4f}). Genuine share of the trials: validation "
+        f"{study['perfect_map_p90']:.4f}); on other reference draws of the same test writers "
+        f"(seeds {', '.join(map(str, TEST_DRAW_SEEDS))}) the same map scores "
+        f"{', '.join(f'{e:.4f}' for e in study.get('test_ece_by_test_draw', []))}. "
+        "Genuine share of the trials: validation "
         f"{study['val_genuine_share']:.1%}, test {study['test_genuine_share']:.1%} (writers "
         "differ in how many genuine and forged signatures they have). Maps fitted on more "
         "reference draws of the 8 validation writers, measured first on validation (leave one "
