@@ -34,10 +34,9 @@ def pair_mix_study(folder: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from siamkit.calibrate_model import regroup_negatives, within_group_share
     from siamkit.calibration import expected_calibration_error, fit_calibrator, log_loss
     from siamkit.data.datasets import build_dataset
-    from siamkit.data.pairs import make_pairs
+    from siamkit.data.pairs import make_pairs, regroup_negatives, within_group_share
     from siamkit.evaluation.embedding import embed_all
     from siamkit.model import load
 

@@ -410,12 +410,9 @@ def store_calibration(
 ) -> Path:
     """Write the maps into ``folder/config.json``'s extra (``calibration``, ``calibration_by_k``
     and the before/after ``calibration_report``), keeping everything else."""
-    from siamkit.checkpoint import atomic_write_text
-    from siamkit.model import CONFIG_FILE, read_config
+    from siamkit.model import update_config
 
-    folder = Path(folder)
-    config = read_config(folder)
-    extra = dict(config.extra)
+    extra: dict[str, Any] = {}
     if pairs is not None:
         extra["calibration"] = pairs.to_json()
     if by_k is not None:
@@ -424,6 +421,5 @@ def store_calibration(
         }
     if report is not None:
         extra["calibration_report"] = report
-    config = config.model_copy(update={"extra": extra})
-    atomic_write_text(folder / CONFIG_FILE, config.model_dump_json(indent=2))
-    return folder
+    update_config(folder, extra=extra)
+    return Path(folder)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from siamkit import distributed
+from siamkit.calibrate_model import draw_calibration_pairs
 from siamkit.calibration import calibrate_run
 from siamkit.checkpoint import atomic_write_text, load_tensors, load_weights
 from siamkit.data.batches import ClassBatches, PairBatches, TripletBatches
@@ -187,8 +188,11 @@ def run_recipe(
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
     scores, labels = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
     test = verification_report(scores, labels, threshold)
+    calibration_pairs, _ = draw_calibration_pairs(
+        network, splits, evaluation.val_pairs, recipe.seed
+    )  # the pairs and pair mix `siamkit calibrate` fits on
     calibrator, calibration = calibrate_run(
-        (val_scores, val_labels), (scores, labels), head_spec.name,
+        calibration_pairs, (scores, labels), head_spec.name,
         out_dir / "reliability.png" if evaluation.plots else None, recipe.seed,
     )  # fmt: skip
     fewshot = {

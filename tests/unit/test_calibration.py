@@ -182,8 +182,7 @@ def grouped_labels(classes=40, per_class=5, groups=4):
 
 
 def test_within_group_share_is_the_share_uniform_negative_pairs_have():
-    from siamkit.calibrate_model import within_group_share
-    from siamkit.data.pairs import make_pairs
+    from siamkit.data.pairs import make_pairs, within_group_share
 
     # classes 0 and 1 in group 0, class 2 alone in group 1: anchors of 0 or 1 find 2 of their 4
     # other-class items in their group, anchors of class 2 none: (4 * 1/2 + 2 * 0) / 6
@@ -199,8 +198,7 @@ def test_within_group_share_is_the_share_uniform_negative_pairs_have():
 
 @pytest.mark.parametrize("share", [0.0, 0.3, 0.8])
 def test_regroup_negatives_draws_the_asked_share_and_keeps_the_labels(share):
-    from siamkit.calibrate_model import regroup_negatives
-    from siamkit.data.pairs import make_pairs
+    from siamkit.data.pairs import make_pairs, regroup_negatives
 
     labels, groups = grouped_labels()
     a, b, y = (t.numpy() for t in make_pairs(torch.as_tensor(labels), 4000, seed=2))
@@ -215,12 +213,9 @@ def test_regroup_negatives_draws_the_asked_share_and_keeps_the_labels(share):
 
 
 def test_calibration_pairs_of_grouped_classes_match_the_test_splits_share():
-    from siamkit.calibrate_model import (
-        CALIBRATION_PAIRS,
-        draw_calibration_pairs,
-        within_group_share,
-    )
+    from siamkit.calibrate_model import CALIBRATION_PAIRS, draw_calibration_pairs
     from siamkit.data.labelled import LabelledData, Splits
+    from siamkit.data.pairs import within_group_share
 
     torch.manual_seed(0)
     net = SiameseNetwork(build_encoder(ENCODER), HEADS.build({"name": "euclidean"}))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -103,3 +106,47 @@ def make_triplets(labels: Tensor, n: int, seed: int = 0) -> tuple[Tensor, Tensor
     classes = _usable_classes(labels, need_pairs=True)
     anchor, positive = _positive_pairs(classes, n, gen)
     return anchor, positive, _draw_other_class(labels, anchor, gen)
+
+
+def within_group_share(labels: Any, groups: Any) -> float:
+    """The share of negative pairs whose two items are in one group (an alphabet) when pairs are
+    drawn as :func:`make_pairs` draws them: a uniform anchor and a uniform
+    partner among the items of other classes. Needs only the labels and groups, no scores."""
+    lab, grp = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    if lab.shape != grp.shape or len(np.unique(lab)) < 2:
+        raise DataError(
+            f"within_group_share: expected one group per label and at least 2 classes, got "
+            f"{len(lab)} labels, {len(grp)} groups, {len(np.unique(lab))} classes"
+        )
+    _, cls, cls_count = np.unique(lab, return_inverse=True, return_counts=True)
+    _, grp_i, grp_count = np.unique(grp, return_inverse=True, return_counts=True)
+    _, both, both_count = np.unique(
+        cls * (grp_i.max() + 1) + grp_i, return_inverse=True, return_counts=True
+    )
+    same_group_other_class = grp_count[grp_i] - both_count[both]
+    return float(np.mean(same_group_other_class / (len(lab) - cls_count[cls])))
+
+
+def regroup_negatives(
+    labels: Any, groups: Any, a: Any, b: Any, y: Any, share: float, seed: int = 0
+) -> np.ndarray:
+    """New partners ``b`` for the negative pairs (``y == 0``): each is, with probability
+    ``share``, an item of another class in the anchor's group, else an item of another group
+    (any other class when the asked kind does not exist). Positive pairs keep their partner.
+    Fitting a map on pairs with the within-group share of the pairs it will score keeps their
+    difficulty the same (see docs/calibration.md, "The pair mix")."""
+    if not 0.0 <= share <= 1.0:
+        raise DataError(f"regroup_negatives: share must be within [0, 1], got {share}")
+    lab, grp = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    a, y, b = np.asarray(a).ravel(), np.asarray(y).ravel(), np.array(b).ravel()
+    rng = np.random.default_rng(seed)
+    pools: dict[tuple[Any, Any, bool], np.ndarray] = {}  # (class, group, within) -> partners
+    for i in np.flatnonzero(y == 0):
+        anchor, within = a[i], bool(rng.random() < share)
+        key = (lab[anchor], grp[anchor], within)
+        if key not in pools:
+            other = lab != lab[anchor]
+            pool = np.flatnonzero(other & ((grp == grp[anchor]) == within))
+            pools[key] = pool if len(pool) else np.flatnonzero(other)
+        b[i] = rng.choice(pools[key])
+    return b
