@@ -191,6 +191,12 @@ def calibrate(
         f"{report['method']} map fitted on {report['calibration_pairs']} validation pairs, "
         f"saved in {model}/config.json; reliability diagram: {report['plot']}"
     )
+    if "within_group_share" in report:
+        console.print(
+            f"{report['within_group_share']:.1%} of the calibration negatives within one group, "
+            f"as uniform test pairs have them (uniform validation pairs: "
+            f"{report['val_within_group_share']:.1%})"
+        )
 
 
 @app.command()
