@@ -89,17 +89,6 @@ def test_health_ready_and_verify(client):
     assert other["score"] == pytest.approx(float(expected.score([a], [b])[0]), abs=1e-5)
 
 
-def test_start_up_objects_are_frozen_out_of_the_collector(model_dir):
-    import gc
-
-    gc.unfreeze()
-    with serve(model_dir) as c:
-        wait_ready(c)
-        # everything alive once the model is loaded and warmed up (about 300,000 objects)
-        assert gc.get_freeze_count() > 10_000
-    gc.unfreeze()
-
-
 def test_embed_multipart_and_base64_json_agree_with_the_model(client):
     files = [("files", (f"{i}.png", png(i))) for i in range(3)]
     multi = client.post("/v1/embed", files=files)

@@ -10,7 +10,6 @@ siamkit refuses (:class:`~siamkit.errors.SiamkitError`) is a 400, a full model q
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +35,6 @@ log = logging.getLogger("siamkit.serve")
 STATIC = Path(__file__).parent / "static"
 MODEL_ENV, GALLERY_ENV = "SIAMKIT_SERVE_MODEL", "SIAMKIT_SERVE_GALLERY"
 RUNTIME_ENV = "SIAMKIT_SERVE_RUNTIME"
-
-
-def freeze_startup_objects() -> None:
-    """Collect once, then move every object alive after start-up (modules, the model, the app;
-    about 300,000 for the faces Conv-4) out of the cyclic garbage collector's scans: its full
-    collections, which stop every thread, then walk only what requests create instead of
-    pausing 100-200 ms. Reference counting still frees everything as before."""
-    gc.collect()
-    gc.freeze()
 
 
 class Server:
@@ -86,7 +76,6 @@ class Server:
                 await self.gallery.open()
             batcher.start()
             self.batcher = batcher
-            freeze_startup_objects()
             self.ready = True
             log.info("siamkit serve: model %s ready (%s)", self.model_dir, self.runtime)
         except Exception as error:
