@@ -37,7 +37,10 @@ BOUNDS = {
         # one run measured (seed 0, 1 thread, 39 s CPU for the whole module's first test): 0.561
         # after this short training (the full recipe reaches 0.754 on theo, the hardest of the
         # 6 voices: benchmarks/results/applications.md); the MFCC baseline 0.732 here, so
-        # the short run does NOT beat it: the bound is the measured one, with a margin for CPUs
+        # the short run does NOT beat it: the bound is the measured one, with a margin for CPUs.
+        # Re-run 2026-12-02 (1 thread): seed 0 0.561, SIAMKIT_TEST_SEED=1 0.562 (gain 0.235 and
+        # 0.236: so close that the seed may not reach every random draw; not investigated). The
+        # recipe's channels (32-64-128-128 since the 6-fold run) are replaced by SMALL here.
         "one_shot": (">=", 0.45),
         # the same network untrained: chance is 0.10; the gain a working training must show
         "gain_over_untrained": (">=", 0.15),
