@@ -22,7 +22,7 @@ from siamkit.calibration import (
     store_calibration,
 )
 from siamkit.data.pairs import regroup_negatives, within_group_share
-from siamkit.errors import CheckpointError, DataError
+from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.model import Model, load
 
 
@@ -60,6 +60,13 @@ def saved_recipe(folder: Path, model: Model) -> Any:
     :class:`CheckpointError` for a folder saved without one (its validation split is unknown)."""
     from siamkit.recipe import parse_recipe
 
+    if model.two_tower:
+        raise ConfigError(
+            f"{folder}: a two-tower model (encoder and encoder_b); siamkit calibrate and siamkit "
+            "threshold draw pairs of one kind of input, so its map or threshold is fitted in "
+            "Python on cross-modal pairs (siamkit.calibration.fit_calibrator, "
+            "siamkit.evaluation.verification.choose_threshold)"
+        )
     if "recipe" not in model.config.extra:
         raise CheckpointError(
             f"{folder}: config.json has no recipe in its extra (it was not saved by siamkit "

@@ -73,3 +73,20 @@ def test_a_folder_without_its_recipe_is_refused(tmp_path):
     folder = siamkit.save_model(tmp_path / "model", net, spec, {"name": "cosine"})
     with pytest.raises(CheckpointError, match="no recipe.*choose_threshold"):
         rethreshold_folder(folder, "eer")
+
+
+def test_a_two_tower_model_is_refused_with_a_pointer_to_python(tmp_path):
+    from siamkit.errors import ConfigError
+    from siamkit.two_tower import TwoTowerNetwork
+
+    spec = {"name": "mlp", "params": {"in_features": 4, "hidden": [8], "embedding_dim": 4}}
+    other = {"name": "mlp", "params": {"in_features": 3, "hidden": [8], "embedding_dim": 4}}
+    net = TwoTowerNetwork(
+        build_encoder(spec), build_encoder(other), HEADS.build({"name": "cosine"})
+    )
+    folder = siamkit.save_model(
+        tmp_path / "model", net, spec, {"name": "cosine"}, encoder_b=other,
+        extra={"recipe": {"data": "digits", "encoder": "conv4"}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="two-tower.*fit_calibrator"):
+        rethreshold_folder(folder, "eer")
