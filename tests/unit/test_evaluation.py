@@ -125,3 +125,20 @@ def test_select_unseen_lists_at_most_20_evaluated_names(tmp_path):
     names = [f"c{i:02d}" for i in range(25)]
     chosen = select_unseen(SeenClasses(frozenset(), frozenset(), "a test"), names, tmp_path)
     assert "c19 and 5 more;" in chosen.notes[0] and "c20" not in chosen.notes[0]
+
+
+def test_episodes_can_enroll_with_other_embeddings_of_the_same_items():
+    from siamkit.data.episodes import sample_episodes
+    from siamkit.evaluation.fewshot import episode_accuracy
+    from siamkit.heads import CosineHead
+
+    labels = torch.arange(4).repeat_interleave(6)
+    clean = torch.nn.functional.one_hot(labels, 4).float() + 0.01 * torch.randn(24, 4)
+    episodes = sample_episodes(labels, 4, 1, 5, 20, seed=0)
+    head = CosineHead()
+    same = episode_accuracy(head, clean, episodes, 4, "mean")
+    assert torch.equal(same, episode_accuracy(head, clean, episodes, 4, "mean", clean))
+    assert same.mean() == 1.0
+    # enrolling with another class's embeddings (labels rolled by one) gets every query wrong
+    rolled = clean[torch.roll(torch.arange(24), 6)]
+    assert episode_accuracy(head, clean, episodes, 4, "mean", rolled).mean() == 0.0

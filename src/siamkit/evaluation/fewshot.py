@@ -58,13 +58,20 @@ def classify(
 
 @torch.no_grad()
 def episode_accuracy(
-    head: Head, embeddings: Tensor, episodes: list[Episode], n_way: int, aggregate: Aggregate
+    head: Head,
+    embeddings: Tensor,
+    episodes: list[Episode],
+    n_way: int,
+    aggregate: Aggregate,
+    enrolled: Tensor | None = None,
 ) -> Tensor:
-    """Accuracy of each episode, from precomputed embeddings of the whole set."""
+    """Accuracy of each episode, from precomputed embeddings of the whole set; ``enrolled``: other
+    embeddings of the same items for the support sets (e.g. enrollment-time augmentation)."""
+    enrolled = embeddings if enrolled is None else enrolled
     acc = []
     for ep in episodes:
         pred = classify(
-            head, embeddings[ep.query], embeddings[ep.support], ep.support_labels, n_way, aggregate
+            head, embeddings[ep.query], enrolled[ep.support], ep.support_labels, n_way, aggregate
         )
         acc.append((pred == ep.query_labels).float().mean())
     return torch.stack(acc)

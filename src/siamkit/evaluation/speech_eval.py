@@ -69,9 +69,11 @@ def keyword_accuracy(
     k_shot: int,
     episodes: int = EPISODES,
     seed: int = 0,
+    enrolled: Tensor | None = None,
 ) -> FewShotResult:
     """10-way ``k_shot`` accuracy: enroll K takes per digit of one speaker, classify every other
-    take of that speaker; episodes are spread over the speakers present."""
+    take of that speaker; episodes are spread over the speakers present. ``enrolled``: other
+    embeddings of the same takes to enroll with (default ``embeddings``)."""
     accuracies = []
     for s in torch.unique(speakers).tolist():
         idx = torch.nonzero(speakers == s).squeeze(1)
@@ -83,7 +85,8 @@ def keyword_accuracy(
         n_way = int((counts > 0).sum())
         per = max(1, episodes // len(torch.unique(speakers)))
         eps = sample_episodes(labels, n_way, k_shot, queries, per, seed + s)
-        accuracies.append(episode_accuracy(head, embeddings[idx], eps, n_way, "mean"))
+        support = None if enrolled is None else enrolled[idx]
+        accuracies.append(episode_accuracy(head, embeddings[idx], eps, n_way, "mean", support))
     mean, ci = mean_ci95(torch.cat(accuracies))
     return FewShotResult(mean, ci, sum(len(a) for a in accuracies))
 
