@@ -23,6 +23,7 @@ from siamkit.calibration import (
 )
 from siamkit.data.pairs import regroup_negatives, within_group_share
 from siamkit.errors import CheckpointError, ConfigError, DataError
+from siamkit.evaluation.verification import pair_scores
 from siamkit.model import Model, load
 
 
@@ -34,7 +35,7 @@ def calibrate_folder(
 ) -> dict[str, Any]:
     """Fit and store ``folder``'s map(s); returns the before/after report on the test split
     (its ``plot``: ``folder/reliability.png``). Class datasets are calibrated on
-    :func:`calibration_pairs` (``within_share``: see there)."""
+    :func:`draw_calibration_pairs` (``within_share``: see there)."""
     folder = Path(folder)
     model = load(folder)
     recipe = saved_recipe(folder, model)
@@ -43,10 +44,16 @@ def calibrate_folder(
     if model.config.extra.get("task") == "signatures":
         report = _signatures(model, recipe, folder, data_dir, plot, seed)
     else:
-        val, test = held_out_pairs(model, recipe, data_dir)
         mix: dict[str, Any] = {}
-        if not recipe.sentence_pairs:
-            val, mix = calibration_pairs(model, recipe, data_dir, within_share)
+        if recipe.sentence_pairs:
+            val, test = _text_pairs(model, recipe, data_dir)
+        else:
+            splits = _class_splits(recipe, data_dir)
+            evaluation, network = recipe.evaluation, model.network
+            val, mix = draw_calibration_pairs(
+                network, splits, evaluation.val_pairs, recipe.seed, within_share
+            )
+            test = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
         calibrator, report = calibrate_run(val, test, model.config.head.name, plot, seed)
         if calibrator is None:
             raise DataError(f"{folder}: {report['skipped']}")
@@ -110,17 +117,6 @@ CALIBRATION_PAIRS = 5000  # validation pairs a class model's map is fitted on (a
 CALIBRATION_DRAWS = 200
 
 
-def calibration_pairs(
-    model: Model, recipe: Any, data_dir: Any = None, within_share: float | None = None
-) -> tuple[tuple[Any, Any], dict[str, Any]]:
-    """:func:`draw_calibration_pairs` of a saved model on its recipe's data."""
-    from siamkit.data.datasets import build_dataset
-
-    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
-    n = recipe.evaluation.val_pairs
-    return draw_calibration_pairs(model.network, splits, n, recipe.seed, within_share)
-
-
 def draw_calibration_pairs(
     network: Any, splits: Any, val_pairs: int, seed: int = 0, within_share: float | None = None
 ) -> tuple[tuple[Any, Any], dict[str, Any]]:
@@ -151,12 +147,16 @@ def draw_calibration_pairs(
     return (scores.float(), y), drawn
 
 
+def _class_splits(recipe: Any, data_dir: Any) -> Any:
+    """The splits of the recipe's class dataset (``data_dir``: another copy of it)."""
+    from siamkit.data.datasets import build_dataset
+
+    return build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
+
+
 def _class_pairs(model: Model, recipe: Any, data_dir: Any) -> tuple[Any, Any]:
     """Validation and test pairs of a class dataset, drawn as ``run_recipe`` draws them."""
-    from siamkit.data.datasets import build_dataset
-    from siamkit.evaluation.verification import pair_scores
-
-    splits = build_dataset(recipe.data.name, data_dir or recipe.data_dir, **recipe.data.params)
+    splits = _class_splits(recipe, data_dir)
     evaluation, network = recipe.evaluation, model.network
     val = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
     test = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
