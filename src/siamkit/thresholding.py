@@ -59,20 +59,14 @@ def pair_threshold_support(scores: Any, labels: Any, threshold: float, rule: str
     95% interval ``far_low``-``far_high`` and, for a ``far<=X`` rule, ``far`` (= X) and
     ``supported``; ``warning`` when the pairs cannot support X. Impostor pairs among few
     classes share those classes, so the true uncertainty is wider than this interval."""
-    from siamkit.gallery.calibration import far_interval, far_support, least_supported_far
+    from siamkit.gallery.calibration import least_supported_far, rule_support
 
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.int64).ravel()
     impostors = s[y == 0]
     accepted = int((impostors >= threshold).sum())  # as choose_threshold: score >= t is "same"
     row: dict[str, Any] = {"rule": rule, "threshold": float(threshold), **rates_at(s, y, threshold)}
-    kind, _, target = rule.partition("<=")
-    if kind == "far":
-        row |= far_support(accepted, len(impostors), float(target))
-    else:
-        low, high = far_interval(accepted, len(impostors))
-        row |= {"far": None, "accepted": accepted, "trials": len(impostors)}
-        row |= {"far_low": low, "far_high": high, "supported": None}
+    row |= rule_support(accepted, len(impostors), rule)
     row["warning"] = None
     if row["supported"] is False:
         row["warning"] = (

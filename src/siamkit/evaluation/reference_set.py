@@ -259,7 +259,7 @@ def threshold_support(
     ``supported`` (the gallery's criterion, :func:`siamkit.gallery.calibration.far_support`),
     else ``None`` for both; and ``warning``, a sentence when the trials cannot support X.
     """
-    from siamkit.gallery.calibration import far_interval, far_support
+    from siamkit.gallery.calibration import rule_support
 
     skilled = trials.kinds == "skilled"
     if not skilled.any():
@@ -272,13 +272,7 @@ def threshold_support(
         "rule": rule, "k": k, "aggregate": aggregate, "threshold": float(threshold),
         "writers": len(np.unique(trials.writers[skilled])), "far_measured": float(accept.mean()),
     }  # fmt: skip
-    kind, _, target = rule.partition("<=")
-    if kind == "far":
-        row |= far_support(accepted, n, float(target))
-    else:
-        low, high = far_interval(accepted, n)
-        row |= {"far": None, "accepted": accepted, "trials": n, "far_low": low, "far_high": high}
-        row["supported"] = None
+    row |= rule_support(accepted, n, rule)
     row["warning"] = support_warning(row)
     return row
 

@@ -80,6 +80,20 @@ def far_support(accepted: int, trials: int, far: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def rule_support(accepted: int, trials: int, rule: str) -> dict[str, Any]:
+    """What ``accepted`` false accepts in ``trials`` support for a threshold chosen by ``rule``:
+    :func:`far_support` for a ``far<=X`` rule, else the same keys with the interval only
+    (``far`` and ``supported`` ``None``)."""
+    kind, _, target = rule.partition("<=")
+    if kind == "far":
+        return far_support(accepted, trials, float(target))
+    low, high = far_interval(accepted, trials)
+    return {
+        "far": None, "accepted": accepted, "trials": trials, "far_low": low, "far_high": high,
+        "supported": None,
+    }  # fmt: skip
+
+
 def least_supported_far(trials: int) -> float:
     """About the smallest rate ``trials`` impostor trials can support (a hint for warnings)."""
     return SUPPORT_FACTOR / trials
