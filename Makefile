@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit docs lint format bench face-weights speaker-weights clean
+.PHONY: venv demo test unit docs lint format bench face-weights speaker-weights speech-embedding-weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,21 @@ $(SPEAKER_WEIGHTS): $(STAMP)
 	$(BIN)/pip download --quiet --no-deps resemblyzer==0.1.4 -d runs/pretrained
 	$(BIN)/python -c "import zipfile; zipfile.ZipFile('runs/pretrained/$(RESEMBLYZER)').extract('resemblyzer/pretrained.pt', 'runs/pretrained')"
 	$(BIN)/siamkit convert-resemblyzer runs/pretrained/resemblyzer/pretrained.pt $(SPEAKER_WEIGHTS)
+
+# Google's speech embedding for configs/fsdd-keywords-pretrained.yaml and
+# fsdd-text-speech-pretrained.yaml: openWakeWord's PyPI wheel (downloaded, not installed; the
+# embedding is Google's, Apache-2.0), its embedding_model.onnx initializers read into safetensors
+OPENWAKEWORD := openwakeword-0.5.1-py3-none-any.whl
+SPEECH_EMBEDDING_ONNX := openwakeword/resources/models/embedding_model.onnx
+SPEECH_EMBEDDING_WEIGHTS := runs/pretrained/speech_embedding.safetensors
+
+speech-embedding-weights: $(SPEECH_EMBEDDING_WEIGHTS)
+
+$(SPEECH_EMBEDDING_WEIGHTS): $(STAMP)
+	mkdir -p runs/pretrained
+	$(BIN)/pip download --quiet --no-deps openwakeword==0.5.1 -d runs/pretrained
+	$(BIN)/python -c "import zipfile; zipfile.ZipFile('runs/pretrained/$(OPENWAKEWORD)').extract('$(SPEECH_EMBEDDING_ONNX)', 'runs/pretrained')"
+	$(BIN)/siamkit convert-speech-embedding runs/pretrained/$(SPEECH_EMBEDDING_ONNX) $(SPEECH_EMBEDDING_WEIGHTS)
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache

@@ -1,10 +1,17 @@
 """Part ``speech`` of benchmarks/applications.py: FSDD spoken digits on voices never heard in
 training (docs/speech.md).
 
-- **keywords** (``configs/fsdd-keywords.yaml``, 6 folds: each speaker held out once): 10-way
-  1-shot and 5-shot accuracy, enrolling K takes per digit of the held-out speaker and classifying
-  all the others, ``EPISODES`` seeded episodes per fold; figure ``fsdd_1shot_accuracy`` = the mean
-  over folds of the 1-shot accuracy.
+- **keywords** (6 folds: each speaker held out once): 10-way 1-shot and 5-shot accuracy,
+  enrolling K takes per digit of the held-out speaker and classifying all the others,
+  ``EPISODES`` seeded episodes per fold, for ``configs/fsdd-keywords-pretrained.yaml`` (a head
+  trained on Google's frozen pre-trained speech embedding;
+  ``runs/pretrained/speech_embedding.safetensors`` from ``make speech-embedding-weights``) and
+  ``configs/fsdd-keywords.yaml`` (the ``audio_cnn`` trained from scratch); figure
+  ``fsdd_1shot_accuracy`` = the mean over folds of the pre-trained recipe's 1-shot accuracy.
+  Beside them: the speech embedding's trunk as is (no training), the from-scratch model with
+  *shifted enrollment* (a variant: each enrolled take's embedding averaged with those of its
+  copies shifted by ``SHIFTS`` frames in time, the queries as they are; same episodes), and the
+  pre-trained GE2E speaker encoder as is, to check that it does not tell words apart.
 - **speakers** (3 folds: each pair of speakers held out once, training on the other 4): EER over
   every pair of the two unseen speakers' takes, for ``configs/fsdd-speakers.yaml`` (the
   ``audio_cnn`` trained from scratch), the pre-trained GE2E speaker encoder as it is (no
@@ -12,14 +19,12 @@ training (docs/speech.md).
   centred on the mean embedding of the 4 training speakers' takes (a variant, not a saved model),
   and ``configs/fsdd-speakers-pretrained.yaml`` (that encoder fine-tuned on the 4 speakers);
   figure ``fsdd_speaker_eer`` = the best mean over folds of the three model folders a user can
-  load (``fsdd_speaker_eer_model`` names it). The keywords table also scores the pre-trained
-  speaker encoder as it is (10-way 1-shot), to check that it does not tell words apart, and
-  the keyword model with *shifted enrollment* (a variant: each enrolled take's embedding
-  averaged with those of its copies shifted by ``SHIFTS`` frames in time, the queries as they
-  are; same episodes).
-- **text-to-speech** (``configs/fsdd-text-speech.yaml``, a two-tower model, 6 folds): recall@1
-  both ways between the ten digit words and the held-out speaker's 500 recordings; figure
-  ``text_speech_recall_at_1`` = the smaller of the two directions' means over folds.
+  load (``fsdd_speaker_eer_model`` names it).
+- **text-to-speech** (two-tower models, 6 folds): recall@1 both ways between the ten digit words
+  and the held-out speaker's 500 recordings, for ``configs/fsdd-text-speech-pretrained.yaml``
+  (tower b on the frozen speech embedding) and ``configs/fsdd-text-speech.yaml`` (tower b an
+  ``audio_cnn`` from scratch); figure ``text_speech_recall_at_1`` = the smaller of the two
+  directions' means over folds, for the pre-trained recipe.
 
 The baseline (MFCC mean + std, standardised, nearest neighbour; cosine for speakers) is scored on
 the same episodes and pairs. Runs are kept in ``benchmarks/runs/applications_speech/<full|quick>/``
@@ -67,6 +72,10 @@ SHIFTS = (-10, -5, 5, 10)  # frames (10 ms) of the shifted-enrollment variant
 RUNS = REPOSITORY / "benchmarks" / "runs" / "applications_speech"
 TARGETS = {"fsdd_1shot_accuracy": 0.95, "fsdd_speaker_eer": 0.05, "text_speech_recall_at_1": 0.90}
 PRETRAINED = "fsdd-speakers-pretrained"
+KEYWORDS = "fsdd-keywords-pretrained"  # the recipe of figure fsdd_1shot_accuracy
+SCRATCH_KEYWORDS = "fsdd-keywords"  # audio_cnn from scratch (the recipe until 2026-12-02)
+TEXT_SPEECH = "fsdd-text-speech-pretrained"  # the recipe of figure text_speech_recall_at_1
+SCRATCH_TEXT_SPEECH = "fsdd-text-speech"
 SPEAKER_MODELS = {  # EER column -> the model it measures (figure fsdd_speaker_eer: the best)
     "EER": "audio_cnn (fsdd-speakers.yaml)",
     "GE2E as is EER": "GE2E pre-trained, as is",
@@ -84,7 +93,10 @@ def fold_recipe(config: str, fold: int, quick: bool) -> Any:
     if recipe.init_weights:
         weights = REPOSITORY / recipe.init_weights
         if not weights.is_file():
-            raise CheckpointError(f"{weights} is missing: `make speaker-weights` converts it")
+            raise CheckpointError(
+                f"{weights} is missing: `make speaker-weights` or `make speech-embedding-weights` "
+                "converts it"
+            )
         update["init_weights"] = str(weights)
     return recipe.model_copy(update=update)
 
@@ -131,33 +143,73 @@ def shifted_enrollment(network: SiameseNetwork, items: torch.Tensor) -> torch.Te
 def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str, Any]]:
     rows = []
     for fold in folds:
-        recipe, result, cpu = train("fsdd-keywords", fold, quick)
-        test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
-        model = siamkit.load(result.model_dir)
-        emb = embed_all(model.network, test.items)
-        enrolled = shifted_enrollment(model.network, test.items)
-        mfcc = baseline.of((SPEAKERS[fold],))
-        speaker_net, split = pretrained_as_is(fold, "keywords")
-        speaker_emb = embed_all(speaker_net, split.test.items)
         row: dict[str, Any] = {"fold": fold, "held-out speaker": SPEAKERS[fold]}
-        for k in SHOTS:
-            ours = keyword_accuracy(
-                model.network.head, emb, test.labels, test.groups, k, EPISODES, SEED
-            )
-            base = keyword_accuracy(
-                EuclideanHead(), mfcc, test.labels, test.groups, k, EPISODES, SEED
-            )
-            row[f"{k}-shot"], row[f"{k}-shot ci95"] = ours.mean, ours.ci95
-            row[f"mfcc {k}-shot"] = base.mean
-            row[f"shifted enrollment {k}-shot"] = keyword_accuracy(
-                model.network.head, emb, test.labels, test.groups, k, EPISODES, SEED, enrolled
-            ).mean
-        row["GE2E as is 1-shot"] = keyword_accuracy(
-            CosineHead(), speaker_emb, split.test.labels, split.test.groups, 1, EPISODES, SEED
-        ).mean
+        cpu, runs = 0.0, {}
+        for prefix, config in (("", KEYWORDS), ("from scratch ", SCRATCH_KEYWORDS)):
+            recipe, result, seconds = train(config, fold, quick)
+            cpu += seconds
+            test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
+            network = siamkit.load(result.model_dir).network
+            runs[config] = network, test
+            emb = embed_all(network, test.items)
+            for k in SHOTS:
+                score = keyword_accuracy(
+                    network.head, emb, test.labels, test.groups, k, EPISODES, SEED
+                )
+                row[f"{prefix}{k}-shot"] = score.mean
+                if not prefix:
+                    row[f"{k}-shot ci95"] = score.ci95
+        row |= keyword_checks(fold, *runs[SCRATCH_KEYWORDS], baseline)
         row["cpu min (this process)"] = cpu / 60
         rows.append(row)
     return rows
+
+
+def keyword_checks(
+    fold: int, scratch: SiameseNetwork, test: Any, baseline: Baseline
+) -> dict[str, float]:
+    """The baselines and variants of the keywords table on ``fold``: MFCC nearest neighbour,
+    the speech embedding's trunk as is (no training), the from-scratch model with shifted
+    enrollment, and the GE2E speaker encoder as is (``test``: the from-scratch recipe's split)."""
+    emb = embed_all(scratch, test.items)
+    enrolled = shifted_enrollment(scratch, test.items)
+    mfcc = baseline.of((SPEAKERS[fold],))
+    trunk, trunk_split = untrained_trunk(fold)
+    trunk_emb = embed_all(trunk, trunk_split.test.items)
+    speaker_net, split = pretrained_as_is(fold, "keywords")
+    speaker_emb = embed_all(speaker_net, split.test.items)
+    row: dict[str, float] = {}
+    for k in SHOTS:
+        episodes = (test.labels, test.groups, k, EPISODES, SEED)
+        row[f"mfcc {k}-shot"] = keyword_accuracy(EuclideanHead(), mfcc, *episodes).mean
+        row[f"trunk as is {k}-shot"] = keyword_accuracy(CosineHead(), trunk_emb, *episodes).mean
+        row[f"scratch, shifted enrollment {k}-shot"] = keyword_accuracy(
+            scratch.head, emb, *episodes, enrolled
+        ).mean
+    row["GE2E as is 1-shot"] = keyword_accuracy(
+        CosineHead(), speaker_emb, split.test.labels, split.test.groups, 1, EPISODES, SEED
+    ).mean
+    return row
+
+
+class PooledTrunk(torch.nn.Module):
+    """The speech embedding's pre-trained trunk with no trained head: its vectors over time
+    mean- and max-pooled side by side, L2-normalised (what training the head starts from)."""
+
+    def __init__(self, encoder: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.nn.functional.normalize(self.encoder.pooled(x), dim=1)
+
+
+def untrained_trunk(fold: int) -> tuple[SiameseNetwork, Any]:
+    """The pre-trained trunk of ``KEYWORDS`` as is (:class:`PooledTrunk`), and the keyword split
+    of ``fold`` in its features."""
+    recipe = fold_recipe(KEYWORDS, fold, quick=False)
+    network = SiameseNetwork(PooledTrunk(build_network(recipe)[0].encoder), CosineHead())
+    return network.eval(), build_dataset("fsdd", **recipe.data.params)
 
 
 def speakers(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str, Any]]:
@@ -204,17 +256,23 @@ def pretrained_speakers(fold: int, quick: bool) -> dict[str, Any]:
 def text_speech(folds: list[int], quick: bool) -> list[dict[str, Any]]:
     rows = []
     for fold in folds:
-        recipe, result, cpu = train("fsdd-text-speech", fold, quick)
-        test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
-        model = siamkit.load(result.model_dir)
-        report = two_tower_report(model.network, test, model.threshold, SEED)
-        rows.append({
-            "fold": fold, "held-out speaker": SPEAKERS[fold],
-            "speech -> text R@1": report["b_to_a_recall_at_1"],
-            "text -> speech R@1": report["a_to_b_recall_at_1"],
-            "text -> speech R-precision": report["a_to_b_r_precision"],
-            "pair EER": report["eer"], "cpu min (this process)": cpu / 60,
-        })  # fmt: skip
+        row: dict[str, Any] = {"fold": fold, "held-out speaker": SPEAKERS[fold]}
+        cpu = 0.0
+        for prefix, config in (("", TEXT_SPEECH), ("from scratch ", SCRATCH_TEXT_SPEECH)):
+            recipe, result, seconds = train(config, fold, quick)
+            cpu += seconds
+            test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
+            model = siamkit.load(result.model_dir)
+            report = two_tower_report(model.network, test, model.threshold, SEED)
+            row |= {
+                f"{prefix}speech -> text R@1": report["b_to_a_recall_at_1"],
+                f"{prefix}text -> speech R@1": report["a_to_b_recall_at_1"],
+            }
+            if not prefix:
+                row["text -> speech R-precision"] = report["a_to_b_r_precision"]
+                row["pair EER"] = report["eer"]
+        row["cpu min (this process)"] = cpu / 60
+        rows.append(row)
     return rows
 
 
@@ -259,13 +317,19 @@ def run(quick: bool) -> PartResult:
         "ge2e_tuned_centred_speaker_eer": mean(sp, "GE2E fine-tuned, centred EER"),
         "ge2e_as_is_1shot_accuracy": mean(kw, "GE2E as is 1-shot"),
         "fsdd_5shot_accuracy": mean(kw, "5-shot"),
-        "shifted_enrollment_1shot_accuracy": mean(kw, "shifted enrollment 1-shot"),
-        "shifted_enrollment_5shot_accuracy": mean(kw, "shifted enrollment 5-shot"),
+        "scratch_1shot_accuracy": mean(kw, "from scratch 1-shot"),
+        "scratch_5shot_accuracy": mean(kw, "from scratch 5-shot"),
+        "trunk_as_is_1shot_accuracy": mean(kw, "trunk as is 1-shot"),
+        "trunk_as_is_5shot_accuracy": mean(kw, "trunk as is 5-shot"),
+        "shifted_enrollment_1shot_accuracy": mean(kw, "scratch, shifted enrollment 1-shot"),
+        "shifted_enrollment_5shot_accuracy": mean(kw, "scratch, shifted enrollment 5-shot"),
         "mfcc_1shot_accuracy": mean(kw, "mfcc 1-shot"),
         "mfcc_5shot_accuracy": mean(kw, "mfcc 5-shot"),
         "mfcc_speaker_eer": mean(sp, "mfcc EER"),
         "speech_to_text_recall_at_1": speech_to_text,
         "text_to_speech_recall_at_1": text_to_speech,
+        "scratch_speech_to_text_recall_at_1": mean(ts, "from scratch speech -> text R@1"),
+        "scratch_text_to_speech_recall_at_1": mean(ts, "from scratch text -> speech R@1"),
         "keywords": kw, "speakers": sp, "text_speech": ts,
         "episodes_per_fold": EPISODES, "targets": TARGETS, "folds_run": folds,
     }  # fmt: skip

@@ -27,6 +27,7 @@ from siamkit.data.datasets import build_dataset
 from siamkit.data.labelled import LabelledData, Splits
 from siamkit.data.transforms import build_augmentation
 from siamkit.encoders import build_encoder
+from siamkit.encoders.base import Encoder
 from siamkit.errors import CheckpointError, ConfigError
 from siamkit.evaluation.fewshot import FewShotResult, evaluate_episodes
 from siamkit.evaluation.plots import roc_plot, score_histogram
@@ -73,18 +74,25 @@ class RecipeResult:
     title: str | None = None  # what ``test`` was measured on, when not the unseen test classes
 
 
-def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
-    """The twin network of a recipe (its encoder loaded with ``init_weights`` when given), and
-    its head spec completed with the embedding size."""
-    encoder = build_encoder(recipe.encoder)
-    if recipe.init_weights:
-        path = Path(recipe.init_weights)
+def load_init_weights(encoder: Encoder, init_weights: str | None) -> Encoder:
+    """``encoder`` with its pre-trained part (:attr:`Encoder.pretrained`) loaded strictly from
+    the safetensors file ``init_weights``, when given."""
+    if init_weights:
+        path = Path(init_weights)
         if not path.is_file():
             raise CheckpointError(
                 f"init_weights {path}: file not found (relative paths start from the current "
-                "folder; face_resnet weights come from `make face-weights`)"
+                "folder; `make face-weights`, `make speaker-weights` and `make "
+                "speech-embedding-weights` write the pre-trained ones)"
             )
-        load_weights(encoder, load_tensors(path), path)
+        load_weights(encoder.pretrained, load_tensors(path), path)
+    return encoder
+
+
+def build_network(recipe: TrainRecipe) -> tuple[SiameseNetwork, ComponentSpec]:
+    """The twin network of a recipe (its encoder loaded with ``init_weights`` when given), and
+    its head spec completed with the embedding size."""
+    encoder = load_init_weights(build_encoder(recipe.encoder), recipe.init_weights)
     head_spec = recipe.head
     if head_spec.name == "learned" and "embedding_dim" not in head_spec.params:
         head_spec = ComponentSpec(

@@ -278,7 +278,9 @@ class TrainRecipe(_Strict):
     init_weights: str | None = Field(
         None,
         description="safetensors file of pre-trained encoder weights to start from (e.g. "
-        "written by `siamkit convert-face-api`); must match the encoder exactly",
+        "written by `siamkit convert-face-api`); must match the encoder's pre-trained part "
+        "exactly (the whole encoder, or a trunk such as speech_embedding's); in a two-tower "
+        "recipe it fills tower b (encoder_b)",
     )
     init_embeddings: str | None = Field(
         None, description="sentence-transformer whose word-piece vectors initialise text_rnn"

@@ -38,6 +38,7 @@ from siamkit.recipe import (
     RecipeResult,
     default_preprocess,
     keep_weights,
+    load_init_weights,
     result_summary,
     start_run_folder,
 )
@@ -136,7 +137,7 @@ def run_two_tower_recipe(
     assert recipe.encoder_b is not None
     network = TwoTowerNetwork(
         build_name_tower(recipe.encoder, names),
-        build_encoder(recipe.encoder_b),
+        load_init_weights(build_encoder(recipe.encoder_b), recipe.init_weights),
         HEADS.build(recipe.head),
     )
     loss = build_loss(recipe.loss, network)  # type: ignore[arg-type]

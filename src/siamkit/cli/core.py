@@ -96,6 +96,21 @@ def convert_resemblyzer(
     console.print(f"ge2e_lstm weights written to {convert(pretrained, out)}")
 
 
+@app.command("convert-speech-embedding")
+def convert_speech_embedding(
+    onnx_file: Annotated[
+        Path, typer.Argument(help="embedding_model.onnx (from openWakeWord 0.5.1's PyPI wheel).")
+    ],
+    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+) -> None:
+    """Convert Google's pre-trained speech embedding (openWakeWord's embedding_model.onnx; its
+    weights only, nothing executed) into a safetensors file for the speech_embedding encoder's
+    trunk (a recipe's init_weights)."""
+    from siamkit.encoders.speech_embedding import convert_speech_embedding as convert
+
+    console.print(f"speech_embedding weights written to {convert(onnx_file, out)}")
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder.")],

@@ -10,11 +10,15 @@ is one second, longer than 99% of the FSDD recordings; longer recordings keep th
 The result is a float tensor (1, n_mels, frames): one channel, like a grey image, so 2-D
 encoders apply unchanged.
 
-Two settings serve pre-trained encoders fed other features: ``scale="power"`` keeps the mel
-power itself (no log; silence and padding are 0), and ``volume_dbfs`` first raises a quiet
-recording's RMS level to that many dB of full scale (never lowers it). The pre-trained GE2E
-speaker encoder (:mod:`siamkit.encoders.speaker`) reads ``sample_rate=16000, n_fft=400,
-hop_length=160, scale="power", volume_dbfs=-30``.
+Other settings serve pre-trained encoders fed other features: ``scale="power"`` keeps the mel
+power itself (no log; silence and padding are 0); ``scale="db"`` is ``librosa.power_to_db`` of
+the mel power (``10 log10``, floored ``80`` dB below the recording's loudest bin, padded at
+that floor); ``win_length``, ``fmin`` and ``fmax`` are librosa's STFT window length and mel band
+edges; ``volume_dbfs`` first raises a quiet recording's RMS level to that many dB of full scale
+(never lowers it). The pre-trained GE2E speaker encoder (:mod:`siamkit.encoders.speaker`) reads
+``sample_rate=16000, n_fft=400, hop_length=160, scale="power", volume_dbfs=-30``; Google's speech
+embedding (:mod:`siamkit.encoders.speech_embedding`) reads ``sample_rate=16000, n_mels=32,
+n_fft=512, win_length=400, hop_length=160, fmin=60, fmax=3800, scale="db"``.
 
 Empty, silent-only, corrupt and non-WAV files raise :class:`DataError` naming the file. The
 :class:`AudioPreprocessor` is saved with a model (preprocessor ``audio``), so ``siamkit verify
@@ -38,7 +42,9 @@ from siamkit.registry import ComponentSpec
 AUDIO_SUFFIXES = {".wav"}
 FLOOR = 1e-5  # power floor of the log: silence -> log(FLOOR), shifted to 0
 SILENCE = 1e-4  # peak amplitude (of full scale 1.0) below which a recording is silent
-SCALES = ("log", "power")
+SCALES = ("log", "power", "db")
+DB_FLOOR = 1e-10  # power floor of the "db" scale
+TOP_DB = 80.0  # the "db" scale keeps this many dB below a recording's loudest bin
 
 
 def read_wav(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
@@ -100,6 +106,9 @@ class AudioPreprocessor:
         frames: int = 100,
         scale: str = "log",
         volume_dbfs: float | None = None,
+        win_length: int | None = None,
+        fmin: float = 0.0,
+        fmax: float | None = None,
     ) -> None:
         if scale not in SCALES:
             raise ConfigError(f"audio preprocessing: scale must be one of {SCALES}, got {scale!r}")
@@ -113,12 +122,25 @@ class AudioPreprocessor:
                 "audio preprocessing: sample_rate, n_mels, n_fft, hop_length and frames must be "
                 f"positive; got {sample_rate}, {n_mels}, {n_fft}, {hop_length}, {frames}"
             )
+        if win_length is not None and not 0 < win_length <= n_fft:
+            raise ConfigError(
+                f"audio preprocessing: win_length must be in 1..n_fft ({n_fft}), got {win_length}"
+            )
+        top = sample_rate / 2 if fmax is None else fmax
+        if not 0 <= fmin < top <= sample_rate / 2:
+            raise ConfigError(
+                "audio preprocessing: expected 0 <= fmin < fmax <= sample_rate / 2; got "
+                f"fmin {fmin}, fmax {fmax}, sample_rate {sample_rate}"
+            )
         self.sample_rate, self.n_mels, self.n_fft = sample_rate, n_mels, n_fft
         self.hop_length, self.frames = hop_length, frames
         self.scale, self.volume_dbfs = scale, volume_dbfs
+        self.win_length, self.fmin, self.fmax = win_length, fmin, fmax
         import librosa
 
-        self._bank = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+        self._bank = librosa.filters.mel(
+            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
+        )
 
     @property
     def spec(self) -> ComponentSpec:
@@ -127,8 +149,9 @@ class AudioPreprocessor:
 
     @property
     def params(self) -> dict[str, Any]:
-        """The settings, as keyword arguments of the constructor (``scale`` and ``volume_dbfs``
-        only when not the defaults, so older folders and caches keep their keys)."""
+        """The settings, as keyword arguments of the constructor (``scale``, ``volume_dbfs``,
+        ``win_length``, ``fmin`` and ``fmax`` only when not the defaults, so older folders and
+        caches keep their keys)."""
         params: dict[str, Any] = {
             "sample_rate": self.sample_rate,
             "n_mels": self.n_mels,
@@ -138,8 +161,13 @@ class AudioPreprocessor:
         }
         if self.scale != "log":
             params["scale"] = self.scale
-        if self.volume_dbfs is not None:
-            params["volume_dbfs"] = self.volume_dbfs
+        optional = {
+            "volume_dbfs": self.volume_dbfs,
+            "win_length": self.win_length,
+            "fmin": self.fmin or None,
+            "fmax": self.fmax,
+        }
+        params.update({key: value for key, value in optional.items() if value is not None})
         return params
 
     def accepts(self, source: Any) -> bool:
@@ -150,7 +178,7 @@ class AudioPreprocessor:
 
     def log_mel(self, signal: np.ndarray) -> np.ndarray:
         """Log-mel spectrogram (n_mels, T) of a mono signal, silence at 0 (not cropped); the mel
-        power itself when ``scale`` is ``"power"``."""
+        power itself when ``scale`` is ``"power"``, its dB when ``"db"``."""
         import librosa
 
         signal = np.asarray(signal, dtype=np.float32)
@@ -158,20 +186,27 @@ class AudioPreprocessor:
             raise DataError(f"expected a non-empty mono signal, got shape {signal.shape}")
         if self.volume_dbfs is not None:
             signal = raise_volume(signal, self.volume_dbfs)
-        power = np.abs(librosa.stft(signal, n_fft=self.n_fft, hop_length=self.hop_length)) ** 2
-        mel = self._bank @ power
+        spectrum = librosa.stft(
+            signal, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length
+        )
+        mel = self._bank @ np.abs(spectrum) ** 2
         if self.scale == "power":
             return mel.astype(np.float32)
+        if self.scale == "db":
+            return librosa.power_to_db(mel, amin=DB_FLOOR, top_db=TOP_DB).astype(np.float32)
         return ((np.log(mel + FLOOR) - np.log(FLOOR)) / 10).astype(np.float32)
 
     def fix_frames(self, features: np.ndarray) -> np.ndarray:
-        """Centre-crop or zero-pad (silence) the time axis to ``frames``."""
+        """Centre-crop or pad the time axis to ``frames`` with silence (0, or on the ``db`` scale
+        the floor ``80`` dB below the loudest bin, what silent samples would give)."""
         length = features.shape[1]
         if length >= self.frames:
             start = (length - self.frames) // 2
             return features[:, start : start + self.frames]
         before = (self.frames - length) // 2
-        return np.pad(features, ((0, 0), (before, self.frames - length - before)))
+        silence = float(features.max()) - TOP_DB if self.scale == "db" else 0.0
+        widths = ((0, 0), (before, self.frames - length - before))
+        return np.pad(features, widths, constant_values=silence)
 
     def one(self, source: Any) -> Tensor:
         """One WAV path or mono array -> (1, n_mels, frames) float tensor."""

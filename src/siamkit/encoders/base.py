@@ -27,6 +27,12 @@ class Encoder(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @property
+    def pretrained(self) -> nn.Module:
+        """The part a recipe's ``init_weights`` file fills (strictly): the whole encoder, unless
+        a subclass keeps a freshly initialised head on top of a pre-trained trunk."""
+        return self
+
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`DataError` when ``x`` is not a batch of the expected shape."""
         name = type(self).__name__
