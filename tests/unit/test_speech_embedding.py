@@ -108,6 +108,18 @@ def test_conversion_refuses_other_files(tmp_path: Path) -> None:
         onnx_trunk_state_dict(export_onnx(other, tmp_path / "other.onnx"))
 
 
+def test_cli_converts_and_reports_errors_in_one_line(tmp_path: Path, capsys) -> None:
+    from siamkit.cli import main
+
+    onnx_file = export_onnx(SpeechEmbeddingTrunk(), tmp_path / "embedding_model.onnx")
+    out = tmp_path / "w.safetensors"
+    assert main(["convert-speech-embedding", str(onnx_file), str(out)]) == 0
+    assert load_tensors(out).keys() == SpeechEmbeddingTrunk().state_dict().keys()
+    assert main(["convert-speech-embedding", str(tmp_path / "nope.onnx"), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "nope.onnx" in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
+
+
 def recipe_with(weights: Path) -> object:
     return parse_recipe({
         "data": {"name": "fsdd", "params": {}},
