@@ -158,11 +158,11 @@ def test_index_then_search_via_the_cli(tmp_path, capsys, monkeypatch):
     faces = write_faces(tmp_path / "att", people=3, images=2)
     model, gallery = str(tiny_model(tmp_path / "m")), str(tmp_path / "images.gallery")
     assert main(["index", model, str(faces), "--gallery", gallery]) == 0
-    assert "indexed 6 images (0 already there)" in capsys.readouterr().out
+    assert "indexed 6 files (0 already there)" in capsys.readouterr().out
     (faces / "s4").mkdir()
     Image.open(faces / "s1/1.pgm").save(faces / "s4/1.pgm")
     assert main(["index", model, str(faces), "--gallery", gallery]) == 0
-    assert "indexed 1 images (6 already there)" in capsys.readouterr().out
+    assert "indexed 1 files (6 already there)" in capsys.readouterr().out
     assert main(["search", model, gallery, str(faces / "s2/2.pgm"), "-k", "3"]) == 0
     assert "s2/2.pgm" in capsys.readouterr().out
     from siamkit.gallery import Gallery

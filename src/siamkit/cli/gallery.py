@@ -114,14 +114,21 @@ def remove(
 @app.command()
 def index(
     model: ModelArg,
-    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of the files the model reads: images, or .wav recordings for an "
+            "audio model (searched recursively)."
+        ),
+    ],
     gallery: Annotated[
         str | None,
         typer.Option(help="Gallery to add to (default: ./<FOLDER's name>.gallery)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images embedded per batch.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Files embedded per batch.")] = 256,
 ) -> None:
-    """Embed every image under FOLDER into a gallery for `siamkit search`."""
+    """Embed every file the model reads under FOLDER (images, or recordings for an audio
+    model) into a gallery for `siamkit search`."""
     import siamkit
     from siamkit.gallery import Gallery
     from siamkit.gallery.images import index_folder
@@ -132,7 +139,7 @@ def index(
         summary = index_folder(loaded, g, folder, batch_size=batch_size)
         total = len(g)
     console.print(
-        f"indexed {summary.added} images ({summary.skipped} already there); "
+        f"indexed {summary.added} files ({summary.skipped} already there); "
         f"{total} items in {target}"
     )
 
