@@ -118,14 +118,20 @@ CALIBRATION_DRAWS = 200
 
 
 def draw_calibration_pairs(
-    network: Any, splits: Any, val_pairs: int, seed: int = 0, within_share: float | None = None
+    network: Any,
+    splits: Any,
+    val_pairs: int,
+    seed: int = 0,
+    within_share: float | None = None,
+    embeddings: Any = None,
 ) -> tuple[tuple[Any, Any], dict[str, Any]]:
     """(scores, labels) of the pairs of ``splits.val`` classes a map is fitted on, and how they
     were drawn. ``max(val_pairs, CALIBRATION_PAIRS)`` balanced pairs, drawn as the test pairs
     are; when the classes come in groups (Omniglot's alphabets), the negatives are redrawn so
     that a share ``within_share`` of them is within one group: by default the share uniform
     pairs of ``splits.test`` have (from its labels and groups alone, no scores). A map is only
-    calibrated for pairs as hard as those it was fitted on (docs/calibration.md)."""
+    calibrated for pairs as hard as those it was fitted on (docs/calibration.md).
+    ``embeddings`` of ``splits.val.items``, when the caller has them, spare embedding it again."""
     import torch
 
     from siamkit.data.pairs import make_pairs
@@ -141,7 +147,7 @@ def draw_calibration_pairs(
         share_before = within_group_share(val.labels, val.groups)
         b = torch.as_tensor(regroup_negatives(val.labels, val.groups, a, b, y, within_share, seed))
         drawn.update(within_group_share=within_share, val_within_group_share=share_before)
-    emb = embed_all(network, val.items)
+    emb = embed_all(network, val.items) if embeddings is None else embeddings
     with torch.no_grad():
         scores = network.head.to(emb.device)(emb[a], emb[b])
     return (scores.float(), y), drawn

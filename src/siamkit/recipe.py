@@ -29,6 +29,7 @@ from siamkit.data.transforms import build_augmentation
 from siamkit.encoders import build_encoder
 from siamkit.encoders.base import Encoder
 from siamkit.errors import CheckpointError, ConfigError
+from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.fewshot import FewShotResult, evaluate_episodes
 from siamkit.evaluation.plots import roc_plot, score_histogram
 from siamkit.evaluation.seen_classes import recorded_classes
@@ -192,12 +193,15 @@ def run_recipe(
         return other_rank_result(out_dir, history)
     keep_weights(network, evaluation.keep, history, out_dir)
     network.cpu().eval()
-    val_scores, val_labels = pair_scores(network, splits.val, evaluation.val_pairs, recipe.seed)
+    val_embeddings = embed_all(network, splits.val.items)
+    val_scores, val_labels = pair_scores(
+        network, splits.val, evaluation.val_pairs, recipe.seed, val_embeddings
+    )
     threshold = choose_threshold(val_scores, val_labels, evaluation.threshold_rule)
     scores, labels = pair_scores(network, splits.test, evaluation.test_pairs, recipe.seed + 1)
     test = verification_report(scores, labels, threshold)
     calibration_pairs, _ = draw_calibration_pairs(
-        network, splits, evaluation.val_pairs, recipe.seed
+        network, splits, evaluation.val_pairs, recipe.seed, embeddings=val_embeddings
     )  # the pairs and pair mix `siamkit calibrate` fits on
     calibrator, calibration = calibrate_run(
         calibration_pairs, (scores, labels), head_spec.name,

@@ -130,11 +130,16 @@ def verification_report(
 
 
 def pair_scores(
-    network: SiameseNetwork, data: LabelledData, n_pairs: int, seed: int = 0
+    network: SiameseNetwork,
+    data: LabelledData,
+    n_pairs: int,
+    seed: int = 0,
+    embeddings: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Scores and labels of ``n_pairs`` balanced pairs drawn from ``data`` (embedded once)."""
+    """Scores and labels of ``n_pairs`` balanced pairs drawn from ``data`` (embedded once, or
+    given as ``embeddings`` of ``data.items``)."""
     a, b, y = make_pairs(data.require_nonempty("the evaluation set").labels, n_pairs, seed)
-    emb = embed_all(network, data.items)
+    emb = embed_all(network, data.items) if embeddings is None else embeddings
     with torch.no_grad():
         scores = network.head.to(emb.device)(emb[a], emb[b])
     return scores.float(), y
