@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from siamkit.audio_features import LogMelFeatures
 from siamkit.encoders.base import Encoder
 from siamkit.encoders.text import (
     VOCAB_FILE,
@@ -141,6 +142,9 @@ def _tensor_graph(model: Model) -> tuple[nn.Module, dict[str, Any], list[Tensor]
         shape = (1, *params.get("size", (155, 220)))
     elif spec is not None and spec.name == "vector":
         shape = (int(params["dim"]),)
+    elif spec is not None and spec.name == "audio":
+        features = LogMelFeatures(**params)
+        shape = (1, features.n_mels, features.frames)
     elif encoder.input_ndim == 2 and hasattr(encoder, "in_features"):
         shape = (encoder.in_features,)
     elif encoder.input_ndim == 3:

@@ -45,6 +45,11 @@ def omniglot_pngs(n: int = 8) -> list[bytes]:
         return [archive.read(m) for m in names]
 
 
+def recordings(n: int = 8) -> list[Path]:
+    root = dataset_or_skip("fsdd") / "recordings"
+    return [root / f"{digit}_theo_{take}.wav" for digit in (3, 7) for take in range(n // 2)]
+
+
 def sentences(n: int = 16) -> list[str]:
     pairs = read_stsb("test", dataset_or_skip("stsbenchmark"))
     return pairs.a[: n // 2] + pairs.b[: n // 2]
@@ -215,6 +220,31 @@ def test_reference_scores_and_decisions_match_eager(tmp_path):
     assert np.allclose(exported.pairwise(q, q), -np.array([[0, 1], [1, 0]]) *
                        np.linalg.norm(q[0] - q[1]), atol=1e-5)  # fmt: skip
     assert exported.decide(np.array([-0.5, -1.5])).tolist() == [True, False]
+
+
+AUDIO_CASES = {
+    "audio_cnn": (
+        {"name": "audio_cnn", "params": {"channels": [8, 16], "embedding_dim": 16,
+                                         "normalize": True}},
+        {"name": "audio", "params": {"sample_rate": 8000, "n_mels": 40, "frames": 100}},
+    ),
+    "speech_embedding": (
+        {"name": "speech_embedding", "params": {"embedding_dim": 16}},
+        {"name": "audio", "params": {"sample_rate": 16000, "n_mels": 32, "n_fft": 512,
+                                     "win_length": 400, "hop_length": 160, "fmin": 60,
+                                     "fmax": 3800, "scale": "db", "frames": 124}},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(AUDIO_CASES))
+def test_audio_encoders_match_eager_on_real_recordings(case, tmp_path):
+    encoder, preprocess = AUDIO_CASES[case]
+    folder = save(tmp_path, encoder, {"name": "cosine"}, preprocess)
+    diff, exported, _ = check_parity(folder, recordings(), tmp_path)
+    assert diff <= TOLERANCE, f"{case}: max |onnx - torch| = {diff}"
+    assert exported.config.onnx["input_shape"] == [1, preprocess["params"]["n_mels"],
+                                                   preprocess["params"]["frames"]]  # fmt: skip
 
 
 def test_what_cannot_be_exported_is_a_clear_error(tmp_path):

@@ -116,8 +116,8 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path: Path, capsys) -> 
     assert main(["convert-speech-embedding", str(onnx_file), str(out)]) == 0
     assert load_tensors(out).keys() == SpeechEmbeddingTrunk().state_dict().keys()
     assert main(["convert-speech-embedding", str(tmp_path / "nope.onnx"), str(out)]) == 1
-    error = capsys.readouterr().err
-    assert "nope.onnx" in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
+    error = capsys.readouterr().err.strip()
+    assert "nope.onnx" in error and "Traceback" not in error and len(error.splitlines()) == 1
 
 
 def recipe_with(weights: Path) -> object:

@@ -4,8 +4,11 @@ Each class here produces, for a file, PIL image or array, exactly the array its 
 produces (``siamkit.data.transforms.ImagePreprocessor``, ``VectorPreprocessor`` and
 ``siamkit.data.signature_preprocess.SignaturePreprocess``; equality on real files is tested in
 ``tests/unit/test_export_runtime.py``), so an exported model sees the inputs it was trained on.
-Text is tokenised here too: words + ``vocab.json`` for ``text_rnn`` and the ``tokenizers``
-package for a sentence-transformer. Nothing in this module imports torch.
+Audio is :class:`siamkit.audio_features.LogMelFeatures`, the very class the training side's
+``AudioPreprocessor`` extends (it needs ``soundfile`` and ``librosa``: ``pip install
+'siamkit-runtime[audio]'``). Text is tokenised here too: words + ``vocab.json`` for
+``text_rnn`` and the ``tokenizers`` package for a sentence-transformer. Nothing in this module
+imports torch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from siamkit.audio_features import LogMelFeatures
 from siamkit.errors import CheckpointError, ConfigError, DataError
 from siamkit.imaging import checked_framing, open_image
 
@@ -141,7 +145,7 @@ def otsu_threshold(grey: np.ndarray) -> int:
 
 
 PREPROCESSORS = {"image": ImagePreprocess, "vector": VectorPreprocess,
-                 "signature": SignaturePreprocess}  # fmt: skip
+                 "signature": SignaturePreprocess, "audio": LogMelFeatures}  # fmt: skip
 
 
 def build_preprocess(spec: dict[str, Any] | None) -> Any:
