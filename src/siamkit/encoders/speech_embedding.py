@@ -53,7 +53,8 @@ LAYOUT: tuple[tuple[int, int, tuple[int, int]] | tuple[str, tuple[int, int]], ..
     (96, 96, (1, 3)), (96, 96, (3, 1)), (96, 96, (1, 3)), (96, 96, (3, 1)), ("pool", (2, 2)),
     (96, 96, (3, 1)),
 )  # fmt: skip
-EMBEDDING_DIM = 96
+CONVS = [spec for spec in LAYOUT if spec[0] != "pool"]
+TRUNK_DIM = 96  # the trunk's vector size
 
 
 class SpeechEmbeddingTrunk(nn.Module):
@@ -62,10 +63,9 @@ class SpeechEmbeddingTrunk(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        convs = [spec for spec in LAYOUT if spec[0] != "pool"]
         self.convs = nn.ModuleList(
-            nn.Conv2d(c_in, c_out, kernel, padding=(0, kernel[1] // 2), bias=i < len(convs) - 1)
-            for i, (c_in, c_out, kernel) in enumerate(convs)
+            nn.Conv2d(c_in, c_out, kernel, padding=(0, kernel[1] // 2), bias=i < len(CONVS) - 1)
+            for i, (c_in, c_out, kernel) in enumerate(CONVS)
         )
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
@@ -97,7 +97,7 @@ class SpeechEmbedding(Encoder):
         normalize: bool = True,
     ) -> None:
         super().__init__(normalize)
-        total = sum(1 for spec in LAYOUT if spec[0] != "pool")
+        total = len(CONVS)
         if embedding_dim < 1 or not 0 <= trainable_blocks <= total or not 0 <= dropout < 1:
             raise ConfigError(
                 f"speech_embedding: expected embedding_dim >= 1, trainable_blocks in 0..{total} "
@@ -107,7 +107,7 @@ class SpeechEmbedding(Encoder):
         for i, conv in enumerate(self.trunk.convs):
             conv.requires_grad_(i >= total - trainable_blocks)
         self.dropout = nn.Dropout(dropout)
-        self.projection = nn.Linear(2 * EMBEDDING_DIM, embedding_dim)
+        self.projection = nn.Linear(2 * TRUNK_DIM, embedding_dim)
         self.embedding_dim = embedding_dim
 
     @property
@@ -162,15 +162,17 @@ def onnx_trunk_state_dict(path: str | Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for i, node in enumerate(convs):
         for name, part in zip(node.input[1:], ("weight", "bias"), strict=False):
-            state[f"convs.{i}.{part}"] = torch.from_numpy(
-                numpy_helper.to_array(initializers[name]).copy()
-            ).float()
-    for key, tensor in trunk.state_dict().items():
-        if key not in state or state[key].shape != tensor.shape:
-            got = tuple(state[key].shape) if key in state else "nothing"
+            if name not in initializers:
+                raise CheckpointError(f"{path}: Conv node {i}'s {part} is not a stored tensor")
+            array = numpy_helper.to_array(initializers[name]).copy()
+            state[f"convs.{i}.{part}"] = torch.from_numpy(array).float()
+    expected = trunk.state_dict()
+    for key in sorted(set(expected) | set(state)):
+        got = tuple(state[key].shape) if key in state else "missing"
+        want = tuple(expected[key].shape) if key in expected else "absent"
+        if got != want:
             raise CheckpointError(
-                f"{path}: {key} is {got}, expected {tuple(tensor.shape)} (not Google's speech "
-                "embedding)"
+                f"{path}: {key} is {got}, expected {want} (not Google's speech embedding)"
             )
     return state
 
