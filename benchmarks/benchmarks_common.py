@@ -53,10 +53,11 @@ def environment(
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of dicts (the first row's keys are the columns) as a Markdown table."""
+    """Rows of dicts as a Markdown table; the columns are every key, in the order first met (a
+    row without one shows it empty)."""
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"
