@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -530,3 +531,16 @@ def test_serve_command_refuses_bad_starts_in_one_line(model_dir, tmp_path, capsy
     monkeypatch.setenv("SIAMKIT_MAX_ITEMS", "0")
     assert main(["serve", str(model_dir), "--no-auth"]) == 1
     assert "max_items" in capsys.readouterr().err
+    monkeypatch.delenv("SIAMKIT_MAX_ITEMS")
+    speech = audio_model_folder(tmp_path / "speech")
+    assert main(["serve", str(speech), "--no-auth"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not speech models (.wav inputs)" in err and len(err.splitlines()) == 1
+
+
+def audio_model_folder(folder: Path) -> Path:
+    """A random-weight keyword model folder (audio preprocessing), never trained."""
+    spec = {"name": "audio_cnn", "params": {"channels": [4], "embedding_dim": 8}}
+    network = siamkit.SiameseNetwork(build_encoder(spec), HEADS.build({"name": "cosine"}))
+    preprocess = {"name": "audio", "params": {"frames": 20}}
+    return siamkit.save_model(folder, network, spec, {"name": "cosine"}, preprocess)

@@ -142,6 +142,10 @@ def test_model_folder_round_trip_and_input_routing(tmp_path: Path) -> None:
     assert model.tower_of("blue") == "a" and model.tower_of(vectors[0]) == "b"
     score = model.score(["blue"], [vectors[0]])
     assert torch.allclose(score, F.cosine_similarity(want_a[:1], want_b[:1]), atol=1e-6)
+    from siamkit.serving.backend import load_backend
+
+    with pytest.raises(ConfigError, match="not two-tower models"):
+        load_backend(folder, "torch")  # it would serve tower a's texts alone
 
 
 def test_single_encoder_folders_still_load_as_version_1(tmp_path: Path) -> None:

@@ -73,6 +73,11 @@ class ServedModel:
         self.model, self.name, self.max_pixels = model, name, max_pixels
         self.network = model.network
         self.head = model.network.head
+        if model.two_tower:
+            raise ConfigError(
+                f"model {name}: siamkit serve serves single-encoder image and text models, not "
+                "two-tower models (use siamkit verify / index / search, or siamkit.load)"
+            )
         if isinstance(model.preprocess, ImagePreprocessor):
             self.kind: Kind = "image"
             for_inference(self.network)
