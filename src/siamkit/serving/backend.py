@@ -77,6 +77,26 @@ class ModelBackend(Protocol):
         ...
 
 
+def served_kind(model: str, preprocess: str | None, two_tower: bool = False) -> Kind:
+    """What the server takes from ``model``, named by its saved preprocessing: images
+    (``"image"``) or texts (none). Any other model (speech, vectors, signatures, two towers) is
+    refused in one line, by ``siamkit serve`` before it starts and by both back-ends."""
+    if not two_tower and preprocess == "image":
+        return "image"
+    if not two_tower and preprocess is None:
+        return "text"
+    if two_tower:
+        what = "two-tower models"
+    elif preprocess == "audio":
+        what = "speech models (.wav inputs)"
+    else:
+        what = f"{preprocess!r} inputs"
+    raise ConfigError(
+        f"{model}: siamkit serve serves image and text models, not {what}; use siamkit verify / "
+        "index / search, siamkit.load, or an export run by python -m siamkit.runtime"
+    )
+
+
 def detect_runtime(folder: str | Path) -> str:
     """``"onnx"`` for an exported folder (it holds ``encoder.onnx``), else ``"torch"``."""
     return "onnx" if (Path(folder) / ONNX_FILE).is_file() else "torch"

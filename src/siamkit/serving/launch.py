@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from siamkit.errors import ConfigError
-from siamkit.serving.backend import check_runtime
+from siamkit.serving.backend import check_runtime, served_kind
 from siamkit.serving.settings import SETTINGS_ENV, ServeSettings
 
 
@@ -21,25 +20,14 @@ def check_folder(model: Path, runtime: str) -> str:
         from siamkit.runtime.model import read_export_config
 
         preprocess = read_export_config(model).preprocess
-        refuse_unserved(model, preprocess and preprocess["name"], two_tower=False)
+        served_kind(str(model), preprocess and preprocess["name"])
     else:
         from siamkit.model import read_config
 
         config = read_config(model)
         preprocess_name = config.preprocess.name if config.preprocess else None
-        refuse_unserved(model, preprocess_name, two_tower=config.encoder_b is not None)
+        served_kind(str(model), preprocess_name, two_tower=config.encoder_b is not None)
     return runtime
-
-
-def refuse_unserved(model: Path, preprocess: str | None, two_tower: bool) -> None:
-    """A one-line error for a model the server does not take: a two-tower model, or one that
-    reads audio (the server decodes uploaded images and takes texts only)."""
-    if two_tower or preprocess == "audio":
-        what = "two-tower models" if two_tower else "speech models (.wav inputs)"
-        raise ConfigError(
-            f"{model}: siamkit serve serves image and text models, not {what}; use siamkit "
-            "verify / index / search, siamkit.load, or an export run by python -m siamkit.runtime"
-        )
 
 
 def default_torch_threads(workers: int = 1) -> int:

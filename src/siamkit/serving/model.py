@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
@@ -28,13 +28,13 @@ from siamkit.gallery.images import cosine_threshold
 from siamkit.model import Model, load
 from siamkit.serving.backend import (
     TEXT_CHUNK,
+    Kind,
     check_aggregate,
     in_length_order,
+    served_kind,
     served_name,
     verdict,
 )
-
-Kind = Literal["image", "text"]
 
 
 def fold_batch_norms(module: nn.Module) -> int:
@@ -73,21 +73,12 @@ class ServedModel:
         self.model, self.name, self.max_pixels = model, name, max_pixels
         self.network = model.network
         self.head = model.network.head
-        if model.two_tower:
-            raise ConfigError(
-                f"model {name}: siamkit serve serves single-encoder image and text models, not "
-                "two-tower models (use siamkit verify / index / search, or siamkit.load)"
-            )
-        if isinstance(model.preprocess, ImagePreprocessor):
-            self.kind: Kind = "image"
+        preprocess = model.config.preprocess
+        self.kind: Kind = served_kind(
+            f"model {name}", preprocess.name if preprocess else None, model.two_tower
+        )
+        if self.kind == "image":
             for_inference(self.network)
-        elif model.preprocess is None:
-            self.kind = "text"
-        else:
-            raise ConfigError(
-                f"model {name}: siamkit serve serves image and text models, not "
-                f"{type(model.preprocess).__name__} inputs"
-            )
 
     @classmethod
     def load(cls, folder: str | Path, max_pixels: int, threads: int | None = None) -> ServedModel:

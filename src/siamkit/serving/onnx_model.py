@@ -28,6 +28,7 @@ from siamkit.serving.backend import (
     Kind,
     check_aggregate,
     in_length_order,
+    served_kind,
     served_name,
     verdict,
 )
@@ -40,15 +41,12 @@ class OnnxServedModel:
 
     def __init__(self, model: OnnxModel, name: str, max_pixels: int) -> None:
         self.model, self.name, self.max_pixels = model, name, max_pixels
-        if isinstance(model.preprocess, ImagePreprocess):
-            self.kind: Kind = "image"
-        elif model.tokenizer is not None:
-            self.kind = "text"
-        else:
-            what = type(model.preprocess).__name__ if model.preprocess else model.kind
-            raise ConfigError(
-                f"model {name}: siamkit serve serves image and text models, not {what} inputs"
-            )
+        preprocess = model.config.preprocess
+        if preprocess is not None:
+            saved = preprocess["name"]
+        else:  # texts need the export's tokenizer; a graph of bare tensors is not served
+            saved = None if model.tokenizer is not None else model.kind
+        self.kind: Kind = served_kind(f"model {name}", saved)
 
     @classmethod
     def load(
