@@ -52,7 +52,6 @@ from siamkit.data.datasets import build_dataset
 from siamkit.data.fsdd import SPEAKER_PAIRS, SPEAKERS, list_recordings
 from siamkit.data.paths import dataset_dir
 from siamkit.encoders.conv import shifted
-from siamkit.errors import CheckpointError
 from siamkit.evaluation.embedding import embed_all
 from siamkit.evaluation.speech_eval import (
     SHOTS,
@@ -90,14 +89,8 @@ def fold_recipe(config: str, fold: int, quick: bool) -> Any:
     update: dict[str, Any] = {"data": data}
     if quick:
         update["training"] = recipe.training.model_copy(update={"epochs": 2})
-    if recipe.init_weights:
-        weights = REPOSITORY / recipe.init_weights
-        if not weights.is_file():
-            raise CheckpointError(
-                f"{weights} is missing: `make speaker-weights` or `make speech-embedding-weights` "
-                "converts it"
-            )
-        update["init_weights"] = str(weights)
+    if recipe.init_weights:  # a missing file is load_init_weights' one-line error
+        update["init_weights"] = str(REPOSITORY / recipe.init_weights)
     return recipe.model_copy(update=update)
 
 
@@ -132,10 +125,12 @@ class Baseline:
         return standardized(self.vectors[keep])
 
 
-def shifted_enrollment(network: SiameseNetwork, items: torch.Tensor) -> torch.Tensor:
-    """Each take's unit embedding averaged with those of its copies moved by ``SHIFTS`` frames
-    in time (zero-filled, i.e. silence), renormalised."""
-    views = [embed_all(network, items)]
+def shifted_enrollment(
+    network: SiameseNetwork, items: torch.Tensor, embeddings: torch.Tensor
+) -> torch.Tensor:
+    """Each take's unit embedding (``embeddings`` of ``items``) averaged with those of its copies
+    moved by ``SHIFTS`` frames in time (zero-filled, i.e. silence), renormalised."""
+    views = [embeddings]
     views += [embed_all(network, shifted(items, dx, 0)) for dx in SHIFTS]
     return torch.nn.functional.normalize(torch.stack(views).mean(0), dim=1)
 
@@ -150,8 +145,8 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
             cpu += seconds
             test = build_dataset("fsdd", **{**recipe.data.params, "fold": fold}).test
             network = siamkit.load(result.model_dir).network
-            runs[config] = network, test
             emb = embed_all(network, test.items)
+            runs[config] = network, test, emb
             for k in SHOTS:
                 score = keyword_accuracy(
                     network.head, emb, test.labels, test.groups, k, EPISODES, SEED
@@ -159,23 +154,26 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
                 row[f"{prefix}{k}-shot"] = score.mean
                 if not prefix:
                     row[f"{k}-shot ci95"] = score.ci95
-        row |= keyword_checks(fold, *runs[SCRATCH_KEYWORDS], baseline)
+        row |= keyword_checks(fold, runs[SCRATCH_KEYWORDS], runs[KEYWORDS][1], baseline)
         row["cpu min (this process)"] = cpu / 60
         rows.append(row)
     return rows
 
 
 def keyword_checks(
-    fold: int, scratch: SiameseNetwork, test: Any, baseline: Baseline
+    fold: int,
+    scratch_run: tuple[SiameseNetwork, Any, torch.Tensor],
+    trunk_test: Any,
+    baseline: Baseline,
 ) -> dict[str, float]:
     """The baselines and variants of the keywords table on ``fold``: MFCC nearest neighbour,
-    the speech embedding's trunk as is (no training), the from-scratch model with shifted
-    enrollment, and the GE2E speaker encoder as is (``test``: the from-scratch recipe's split)."""
-    emb = embed_all(scratch, test.items)
-    enrolled = shifted_enrollment(scratch, test.items)
+    the speech embedding's trunk as is (no training; ``trunk_test``: the pre-trained recipe's
+    test split), the from-scratch model with shifted enrollment (``scratch_run``: its network,
+    test split and test embeddings), and the GE2E speaker encoder as is."""
+    scratch, test, emb = scratch_run
+    enrolled = shifted_enrollment(scratch, test.items, emb)
     mfcc = baseline.of((SPEAKERS[fold],))
-    trunk, trunk_split = untrained_trunk(fold)
-    trunk_emb = embed_all(trunk, trunk_split.test.items)
+    trunk_emb = embed_all(untrained_trunk(fold), trunk_test.items)
     speaker_net, split = pretrained_as_is(fold, "keywords")
     speaker_emb = embed_all(speaker_net, split.test.items)
     row: dict[str, float] = {}
@@ -204,12 +202,10 @@ class PooledTrunk(torch.nn.Module):
         return torch.nn.functional.normalize(self.encoder.pooled(x), dim=1)
 
 
-def untrained_trunk(fold: int) -> tuple[SiameseNetwork, Any]:
-    """The pre-trained trunk of ``KEYWORDS`` as is (:class:`PooledTrunk`), and the keyword split
-    of ``fold`` in its features."""
+def untrained_trunk(fold: int) -> SiameseNetwork:
+    """The pre-trained trunk of ``KEYWORDS`` on ``fold`` as is (:class:`PooledTrunk`)."""
     recipe = fold_recipe(KEYWORDS, fold, quick=False)
-    network = SiameseNetwork(PooledTrunk(build_network(recipe)[0].encoder), CosineHead())
-    return network.eval(), build_dataset("fsdd", **recipe.data.params)
+    return SiameseNetwork(PooledTrunk(build_network(recipe)[0].encoder), CosineHead()).eval()
 
 
 def speakers(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str, Any]]:
