@@ -147,10 +147,7 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
             network = siamkit.load(result.model_dir).network
             emb = embed_all(network, test.items)
             runs[config] = network, test, emb
-            for k in SHOTS:
-                score = keyword_accuracy(
-                    network.head, emb, test.labels, test.groups, k, EPISODES, SEED
-                )
+            for k, score in shot_scores(network, test, emb).items():
                 row[f"{prefix}{k}-shot"] = score.mean
                 if not prefix:
                     row[f"{k}-shot ci95"] = score.ci95
@@ -158,6 +155,15 @@ def keywords(folds: list[int], quick: bool, baseline: Baseline) -> list[dict[str
         row["cpu min (this process)"] = cpu / 60
         rows.append(row)
     return rows
+
+
+def shot_scores(network: SiameseNetwork, test: Any, embeddings: torch.Tensor) -> dict[int, Any]:
+    """10-way K-shot accuracy of ``network``'s head on the held-out speaker's ``test`` takes
+    (``embeddings``: theirs) for each K of ``SHOTS``, on the benchmark's episodes."""
+    return {
+        k: keyword_accuracy(network.head, embeddings, test.labels, test.groups, k, EPISODES, SEED)
+        for k in SHOTS
+    }
 
 
 def keyword_checks(

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import siamkit
-from applications_speech import EPISODES, KEYWORDS, RUNS, SPEAKERS, fold_recipe
+from applications_speech import KEYWORDS, RUNS, SPEAKERS, fold_recipe, shot_scores
 from benchmarks_common import write_table
 from siamkit.data.datasets import build_dataset
 from siamkit.evaluation.embedding import embed_all
-from siamkit.evaluation.speech_eval import SHOTS, keyword_accuracy
 from siamkit.recipe import run_recipe
 from siamkit.two_tower_recipe import two_tower_report
 
@@ -74,12 +73,8 @@ def keywords_tuned_trunk(fold: int) -> dict[str, Any]:
         recipe.model_copy(update={"encoder": encoder}), f"{KEYWORDS}-tuned{TUNED_BLOCKS}", fold
     )
     emb = embed_all(model.network, test.items)
-    row: dict[str, Any] = {}
-    for k in SHOTS:
-        score = keyword_accuracy(
-            model.network.head, emb, test.labels, test.groups, k, EPISODES, SEED
-        )
-        row[f"{k}-shot"] = round(score.mean, 4)
+    scores = shot_scores(model.network, test, emb)
+    row: dict[str, Any] = {f"{k}-shot": round(score.mean, 4) for k, score in scores.items()}
     return row | {"cpu min (this process)": round(cpu / 60, 2)}
 
 
